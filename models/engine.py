@@ -1,0 +1,324 @@
+"""Inference engine: scoring, perplexity, next word, generation and ranking.
+
+Batch-first and HTTP-free: every call takes plain Python values and returns dataclasses.
+Scores are natural-log probabilities. Only the targets' log-probabilities are computed when
+scoring (adaptive-softmax clusters or chunked logsumexp + gather), never [batch, time, vocab].
+"""
+from __future__ import annotations
+
+import bisect
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from models.checkpoint import LoadedModel
+from models.errors import InputError
+from models.rnnlm import State
+from models.tokenizer import EOS, UNK, detokenize
+
+_PARTIAL_WORD = re.compile(r"(\w+)$")
+
+
+@dataclass
+class TokenScore:
+    token: str
+    logprob: float
+    oov: bool
+
+
+@dataclass
+class TextScore:
+    text: str
+    logprob: float
+    num_tokens: int
+    perplexity: float
+    oov_count: int
+    tokens: list[TokenScore] = field(default_factory=list)
+
+
+@dataclass
+class CorpusScore:
+    perplexity: float
+    num_tokens: int
+    nll: float
+    results: list[TextScore]
+
+
+@dataclass
+class Prediction:
+    word: str
+    prob: float
+
+
+@dataclass
+class NextWord:
+    predictions: list[Prediction]
+    prefix: str | None
+    context_used: bool
+
+
+@dataclass
+class GenerationParams:
+    max_tokens: int = 40
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    n: int = 1
+
+    def validate(self) -> None:
+        if self.max_tokens < 1:
+            raise InputError("max_tokens must be at least 1", "max_tokens")
+        if not self.temperature >= 0:
+            raise InputError("temperature must be >= 0", "temperature")
+        if self.top_k < 0:
+            raise InputError("top_k must be >= 0", "top_k")
+        if not 0 < self.top_p <= 1:
+            raise InputError("top_p must be in (0, 1]", "top_p")
+        if self.n < 1:
+            raise InputError("n must be at least 1", "n")
+
+
+@dataclass
+class Choice:
+    index: int
+    text: str
+    tokens: list[str]
+    logprob: float
+    finish_reason: str  # "length" | "stop" | "eos"
+
+
+@dataclass
+class Generation:
+    choices: list[Choice]
+    context_used: bool
+
+
+@dataclass
+class StreamEvent:
+    index: int
+    token: str | None
+    text: str
+    logprob: float | None
+    finish_reason: str | None = None
+
+
+class Engine:
+    """Runs one loaded model; thread-safe for concurrent calls (no mutable state between calls)."""
+
+    def __init__(self, loaded: LoadedModel, max_batch_tokens: int = 16384) -> None:
+        self.loaded = loaded
+        self.model = loaded.model.eval()
+        self.tokenizer = loaded.tokenizer
+        self.vocab = loaded.tokenizer.vocab
+        self.max_batch_tokens = max_batch_tokens
+        words = sorted((w, i) for i, w in enumerate(self.vocab.itos) if w not in (UNK, EOS))
+        self._sorted_words = [w for w, _ in words]
+        self._sorted_ids = [i for _, i in words]
+        self._banned = torch.tensor([self.vocab.unk])  # never suggested or generated
+
+    @property
+    def name(self) -> str:
+        return self.loaded.name
+
+    @property
+    def supports_context(self) -> bool:
+        return self.model.config.context
+
+    def info(self) -> dict:
+        c = self.model.config
+        meta = self.loaded.meta
+        return {"name": self.name, "arch": c.arch, "parameters": self.model.num_parameters(),
+                "vocab_size": c.vocab_size, "emb": c.emb, "hidden": c.hidden, "layers": c.layers,
+                "adaptive_softmax": c.adaptive, "context": c.context, "dtype": meta.get("dtype"),
+                "tokenizer": self.tokenizer.style, "metrics": meta.get("metrics", {}),
+                "provenance": meta.get("provenance", {}), "path": str(self.loaded.path or "")}
+
+    # ---- context -------------------------------------------------------------------------------
+    def _context(self, context: str | None, batch: int) -> Tensor | None:
+        """[batch, emb] topic vectors, or None when there is no topic or the model takes none."""
+        if not context or not context.strip() or not self.supports_context:
+            return None
+        ids = torch.tensor(self.tokenizer.encode(context).ids, dtype=torch.long)
+        vector = self.model.context_vector(ids, torch.zeros(1, dtype=torch.long))
+        return vector.expand(batch, -1)
+
+    def context_used(self, context: str | None) -> bool:
+        return bool(context and context.strip()) and self.supports_context
+
+    # ---- scoring -------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def score(self, texts: list[str], add_eos: bool = True, context: str | None = None) -> list[TextScore]:
+        """log p(text) for each text; the first token is predicted from <eos> (sentence start)."""
+        if not texts:
+            raise InputError("texts must not be empty", "texts")
+        encoded = [self.tokenizer.encode(t) for t in texts]
+        for i, enc in enumerate(encoded):
+            if not enc.ids and not add_eos:
+                raise InputError(f"text {i} has no tokens", f"texts.{i}")
+        targets = [enc.ids + ([self.vocab.eos] if add_eos else []) for enc in encoded]
+        logprobs = self._target_logprobs(targets, context)
+        results = []
+        for text, enc, lp in zip(texts, encoded, logprobs):
+            names = enc.tokens + ([EOS] if add_eos else [])
+            oov = enc.oov + ([False] if add_eos else [])
+            total = float(sum(lp))
+            n = len(lp)
+            results.append(TextScore(text, total, n, math.exp(-total / n) if n else float("nan"),
+                                     sum(enc.oov), [TokenScore(t, float(p), o) for t, p, o in zip(names, lp, oov)]))
+        return results
+
+    def _target_logprobs(self, targets: list[list[int]], context: str | None) -> list[list[float]]:
+        """Per-token log-probs for many sequences: sorted by length, packed, batched by token budget."""
+        order = sorted(range(len(targets)), key=lambda i: len(targets[i]), reverse=True)
+        out: list[list[float]] = [[] for _ in targets]
+        start = 0
+        while start < len(order):
+            longest = max(len(targets[order[start]]), 1)
+            size = max(1, min(len(order) - start, self.max_batch_tokens // longest))
+            batch = order[start:start + size]
+            start += size
+            lengths = torch.tensor([len(targets[i]) for i in batch])
+            if int(lengths.max()) == 0:
+                continue
+            tgt = torch.full((len(batch), int(lengths.max())), self.vocab.eos, dtype=torch.long)
+            for row, i in enumerate(batch):
+                tgt[row, : len(targets[i])] = torch.tensor(targets[i], dtype=torch.long)
+            inputs = torch.cat([torch.full((len(batch), 1), self.vocab.eos), tgt[:, :-1]], dim=1)
+            feats, _ = self.model.features(inputs, None, self._context(context, len(batch)),
+                                           lengths=lengths.clamp(min=1))
+            mask = torch.arange(tgt.shape[1])[None, :] < lengths[:, None]
+            logp = torch.zeros(tgt.shape)
+            logp[mask] = self.model.target_log_probs(feats[mask], tgt[mask])
+            for row, i in enumerate(batch):
+                out[i] = logp[row, : len(targets[i])].tolist()
+        return out
+
+    def perplexity(self, texts: list[str], context: str | None = None) -> CorpusScore:
+        results = self.score(texts, add_eos=True, context=context)
+        nll = -sum(r.logprob for r in results)
+        n = sum(r.num_tokens for r in results)
+        return CorpusScore(math.exp(nll / n), n, nll, results)
+
+    def rank(self, candidates: list[str], context: str | None = None) -> list[TextScore]:
+        """Candidates best first by total log-probability (n-best rescoring, grammar choice)."""
+        if not candidates:
+            raise InputError("candidates must not be empty", "candidates")
+        scores = self.score(candidates, add_eos=True, context=context)
+        return sorted(scores, key=lambda s: s.logprob, reverse=True)
+
+    # ---- next word -----------------------------------------------------------------------------
+    def _prefix_state(self, ids: list[int], context: Tensor | None) -> tuple[Tensor, State]:
+        """Feature of the last position and the state after reading <eos> + ids."""
+        inputs = torch.tensor([[self.vocab.eos] + ids], dtype=torch.long)
+        feats, state = self.model.features(inputs, None, context)
+        return feats[:, -1], state
+
+    @torch.inference_mode()
+    def next_word(self, text: str, k: int = 5, context: str | None = None) -> NextWord:
+        """Top-k next words; if `text` ends inside a word, complete it (prefix-matching words, renormalised)."""
+        if k < 1:
+            raise InputError("k must be at least 1", "k")
+        prefix = None
+        match = _PARTIAL_WORD.search(text)
+        if match and text and not text[-1].isspace():
+            prefix = match.group(1)
+            text = text[: match.start()]
+        ids = self.tokenizer.encode(text).ids
+        feat, _ = self._prefix_state(ids, self._context(context, 1))
+        probs = self.model.log_probs(feat)[0].exp()
+        if prefix is None:
+            probs[self._banned] = 0.0
+            probs[self.vocab.eos] = 0.0
+            top = torch.topk(probs, min(k, probs.numel()))
+            preds = [Prediction(self.vocab.itos[i], float(p)) for p, i in zip(top.values, top.indices) if p > 0]
+        else:
+            lo = bisect.bisect_left(self._sorted_words, prefix)
+            hi = bisect.bisect_left(self._sorted_words, prefix + "\U0010ffff")
+            cand = torch.tensor(self._sorted_ids[lo:hi], dtype=torch.long)
+            preds = []
+            if cand.numel():
+                p = probs[cand]
+                p = p / p.sum()
+                top = torch.topk(p, min(k, p.numel()))
+                preds = [Prediction(self.vocab.itos[int(cand[i])], float(v)) for v, i in zip(top.values, top.indices)]
+        return NextWord(preds, prefix, self.context_used(context))
+
+    # ---- generation ----------------------------------------------------------------------------
+    def generate(self, prompt: str, params: GenerationParams, context: str | None = None) -> Generation:
+        tokens: dict[int, list[str]] = {i: [] for i in range(params.n)}
+        logprob = [0.0] * params.n
+        finish: dict[int, str] = {}
+        texts: dict[int, str] = {}
+        for event in self.stream(prompt, params, context):
+            if event.finish_reason is not None:
+                finish[event.index] = event.finish_reason
+                texts[event.index] = event.text
+            else:
+                tokens[event.index].append(event.token)
+                logprob[event.index] += event.logprob
+        choices = [Choice(i, texts[i], tokens[i], logprob[i], finish[i]) for i in range(params.n)]
+        return Generation(choices, self.context_used(context))
+
+    @torch.inference_mode()
+    def stream(self, prompt: str, params: GenerationParams, context: str | None = None) -> Iterator[StreamEvent]:
+        """Sample `n` continuations together, yielding each token as it is chosen, then a final event."""
+        params.validate()
+        gen = torch.Generator().manual_seed(params.seed if params.seed is not None else torch.seed())
+        n = params.n
+        ctx = self._context(context, n)
+        feat, state = self._prefix_state(self.tokenizer.encode(prompt).ids, ctx[:1] if ctx is not None else None)
+        feat = feat.expand(n, -1)
+        state = tuple(s.expand(-1, n, -1).contiguous() for s in state) if isinstance(state, tuple) \
+            else state.expand(-1, n, -1).contiguous()
+        out: list[list[str]] = [[] for _ in range(n)]
+        active = list(range(n))
+        for step in range(params.max_tokens):
+            logp = self.model.log_probs(feat)                     # [n, V]
+            choice = self._sample(logp, params, gen)              # [n]
+            chosen_logp = logp.gather(1, choice[:, None]).squeeze(1)
+            still = []
+            for i in active:
+                tok_id = int(choice[i])
+                if tok_id == self.vocab.eos:
+                    yield StreamEvent(i, None, detokenize(out[i]), None, "eos")
+                    continue
+                token = self.vocab.itos[tok_id]
+                out[i].append(token)
+                text = detokenize(out[i])
+                hit = next((s for s in params.stop if s and s in text), None)
+                if hit is not None:
+                    yield StreamEvent(i, None, text[: text.index(hit)], None, "stop")
+                    continue
+                yield StreamEvent(i, token, text, float(chosen_logp[i]))
+                still.append(i)
+            active = still
+            if not active:
+                return
+            if step + 1 < params.max_tokens:
+                feat, state = self.model.features(choice[:, None], state, ctx)
+                feat = feat[:, -1]
+        for i in active:
+            yield StreamEvent(i, None, detokenize(out[i]), None, "length")
+
+    def _sample(self, logp: Tensor, params: GenerationParams, gen: torch.Generator) -> Tensor:
+        logits = logp.clone()
+        logits[:, self._banned] = -math.inf
+        if params.temperature == 0:
+            return logits.argmax(dim=-1)
+        logits = logits / params.temperature
+        if params.top_k > 0 and params.top_k < logits.shape[-1]:
+            kth = torch.topk(logits, params.top_k, dim=-1).values[:, -1:]
+            logits[logits < kth] = -math.inf
+        if params.top_p < 1.0:
+            sorted_logits, idx = torch.sort(logits, descending=True, dim=-1)
+            cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+            drop = cum - sorted_logits.softmax(dim=-1) >= params.top_p  # keep the smallest set reaching top_p
+            sorted_logits[drop] = -math.inf
+            logits = torch.full_like(logits, -math.inf).scatter(1, idx, sorted_logits)
+        return torch.multinomial(logits.softmax(dim=-1), 1, generator=gen).squeeze(1)

@@ -1,0 +1,173 @@
+"""Recurrent language models (Elman RNN, LSTM, GRU) on PyTorch's fused modules.
+
+An RNNLM maps token ids to output features; the output layer turns features into
+log-probabilities, either a (possibly tied) linear softmax or an adaptive softmax
+(Grave et al., 2017) whose clusters make large vocabularies cheap on a CPU.
+Optional conditioning: a context vector (the mean embedding of a topic's words)
+is concatenated to every step's input (Mikolov & Zweig, 2012).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ARCHS = ("lstm", "gru", "rnn")
+State = Tensor | tuple[Tensor, Tensor]
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "lstm"
+    vocab_size: int = 10_000
+    emb: int = 256
+    hidden: int = 256
+    layers: int = 2
+    dropout: float = 0.3
+    tie: bool = False
+    adaptive: bool = True
+    cutoffs: list[int] = field(default_factory=lambda: [2000, 10000])
+    div_value: float = 4.0
+    context: bool = False
+    context_dropout: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        for name in ("vocab_size", "emb", "hidden", "layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive")
+        if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.context_dropout <= 1.0:
+            raise ValueError("dropout must be in [0, 1)")
+        if self.adaptive and self.tie:
+            raise ValueError("tied embeddings and adaptive softmax are alternatives; pick one")
+        self.cutoffs = [c for c in self.cutoffs if 0 < c < self.vocab_size - 1]
+        if self.adaptive and not self.cutoffs:
+            self.adaptive = False  # vocabulary too small for clusters: plain softmax is exact and cheap
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class RNNLM(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self.encoder = nn.Embedding(c.vocab_size, c.emb)
+        rnn_cls = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[c.arch]
+        rnn_in = c.emb * (2 if c.context else 1)
+        self.rnn = rnn_cls(rnn_in, c.hidden, c.layers, batch_first=True,
+                           dropout=c.dropout if c.layers > 1 else 0.0)
+        self.drop = nn.Dropout(c.dropout)
+        out_dim = c.hidden
+        self.proj = None
+        if c.tie and c.hidden != c.emb:
+            self.proj = nn.Linear(c.hidden, c.emb)
+            out_dim = c.emb
+        if c.adaptive:
+            self.softmax = nn.AdaptiveLogSoftmaxWithLoss(out_dim, c.vocab_size, c.cutoffs, div_value=c.div_value)
+            self.decoder = None
+        else:
+            self.softmax = None
+            self.decoder = nn.Linear(out_dim, c.vocab_size)
+            if c.tie:
+                self.decoder.weight = self.encoder.weight
+        nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
+        if self.decoder is not None:
+            nn.init.zeros_(self.decoder.bias)
+
+    # ---- recurrence -------------------------------------------------------------------------
+    def context_vector(self, ids: Tensor, offsets: Tensor) -> Tensor:
+        """Mean input embedding of each context's words ([n_contexts, emb]); an empty one is zero."""
+        return F.embedding_bag(ids, self.encoder.weight, offsets, mode="mean")
+
+    def features(self, inputs: Tensor, state: State | None = None, context: Tensor | None = None,
+                 lengths: Tensor | None = None) -> tuple[Tensor, State]:
+        """Token ids [B, T] -> output features [B, T, D] and the new recurrent state.
+
+        `context` is [B, emb] (one topic per row) or [B, T, emb] (per token); None means no topic.
+        With `lengths`, rows are packed so padding never enters the state.
+        """
+        x = self.drop(self.encoder(inputs))
+        if self.config.context:
+            if context is None:
+                context = x.new_zeros(x.shape[0], x.shape[-1])
+            if context.dim() == 2:
+                context = context.unsqueeze(1).expand(-1, x.shape[1], -1)
+            x = torch.cat([x, context.to(x.dtype)], dim=-1)
+        if lengths is not None:
+            packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            out, state = self.rnn(packed, state)
+            out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=inputs.shape[1])
+        else:
+            out, state = self.rnn(x, state)
+        out = self.drop(out)
+        if self.proj is not None:
+            out = self.proj(out)
+        return out, state
+
+    def init_state(self, batch: int) -> State:
+        c = self.config
+        h = self.encoder.weight.new_zeros(c.layers, batch, c.hidden)
+        return (h, h.clone()) if c.arch == "lstm" else h
+
+    # ---- output layer -----------------------------------------------------------------------
+    def log_probs(self, feats: Tensor) -> Tensor:
+        """Full log-distribution over the vocabulary for every feature row ([..., V])."""
+        shape = feats.shape[:-1]
+        flat = feats.reshape(-1, feats.shape[-1])
+        if self.softmax is not None:
+            out = self.softmax.log_prob(flat)
+        else:
+            out = F.log_softmax(self.decoder(flat), dim=-1)
+        return out.reshape(*shape, -1)
+
+    def logits(self, feats: Tensor) -> Tensor:
+        """Unnormalised scores whose softmax is the model's distribution (log-probs for adaptive)."""
+        if self.softmax is not None:
+            return self.log_probs(feats)
+        return self.decoder(feats)
+
+    def target_log_probs(self, feats: Tensor, targets: Tensor, chunk: int = 2048) -> Tensor:
+        """log p(target) for each row without materialising [rows, V] at once.
+
+        Adaptive softmax only evaluates the clusters the targets fall in; a linear softmax is
+        computed `chunk` rows at a time with logsumexp and gather.
+        """
+        flat = feats.reshape(-1, feats.shape[-1])
+        tgt = targets.reshape(-1)
+        if self.softmax is not None:
+            out = self.softmax(flat, tgt).output
+        else:
+            parts = []
+            for start in range(0, flat.shape[0], chunk):
+                logits = self.decoder(flat[start:start + chunk])
+                picked = logits.gather(1, tgt[start:start + chunk, None]).squeeze(1)
+                parts.append(picked - torch.logsumexp(logits, dim=-1))
+            out = torch.cat(parts) if parts else flat.new_zeros(0)
+        return out.reshape(targets.shape)
+
+    def loss(self, feats: Tensor, targets: Tensor) -> Tensor:
+        """Mean cross-entropy (nats per token) of the targets."""
+        flat = feats.reshape(-1, feats.shape[-1])
+        tgt = targets.reshape(-1)
+        if self.softmax is not None:
+            return self.softmax(flat, tgt).loss
+        return F.cross_entropy(self.decoder(flat), tgt)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def detach_state(state: State) -> State:
+    """Cut the graph between TBPTT windows while keeping the values (repackage_hidden)."""
+    if isinstance(state, tuple):
+        return tuple(s.detach() for s in state)
+    return state.detach()

@@ -1,0 +1,110 @@
+"""Vocabulary and tokenizer: raw text -> corpus-convention tokens -> ids (with OOV flags)."""
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from models.normalize import STYLES, normalize
+
+UNK = "<unk>"
+EOS = "<eos>"
+
+
+class Vocab:
+    """Frequency-ordered word list; index 0 is the most frequent word."""
+
+    def __init__(self, words: list[str]) -> None:
+        if UNK not in words or EOS not in words:
+            raise ValueError("a vocabulary must contain <unk> and <eos>")
+        if len(set(words)) != len(words):
+            raise ValueError("vocabulary words must be unique")
+        self.itos = list(words)
+        self.stoi = {w: i for i, w in enumerate(self.itos)}
+        self.unk = self.stoi[UNK]
+        self.eos = self.stoi[EOS]
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def __contains__(self, word: str) -> bool:
+        return word in self.stoi
+
+    @classmethod
+    def build(cls, lines: Iterable[str], max_size: int | None = None) -> Vocab:
+        """Count whitespace tokens (plus one <eos> per line); ties keep first-seen order."""
+        counts: Counter[str] = Counter()
+        for line in lines:
+            counts.update(line.split())
+            counts[EOS] += 1
+        counts.setdefault(UNK, 0)
+        words = [w for w, _ in counts.most_common()]
+        if max_size is not None and len(words) > max_size:
+            if max_size < 2:
+                raise ValueError("max_size must leave room for <unk> and <eos>")
+            kept = [w for w in words if w not in (UNK, EOS)][: max_size - 2]
+            words = [w for w in words if w in kept or w in (UNK, EOS)]  # keep frequency order
+        return cls(words)
+
+    def save(self, path: Path) -> None:
+        path.write_text("\n".join(self.itos) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Path) -> Vocab:
+        return cls(path.read_text(encoding="utf-8").split("\n")[:-1])
+
+
+@dataclass(frozen=True)
+class Encoded:
+    tokens: list[str]
+    ids: list[int]
+    oov: list[bool]
+
+
+class Tokenizer:
+    """Normalises raw text to the training corpus' convention and maps it onto a vocabulary."""
+
+    def __init__(self, vocab: Vocab, style: str = "wikitext") -> None:
+        if style not in STYLES:
+            raise ValueError(f"unknown tokenizer style {style!r}; expected one of {STYLES}")
+        self.vocab = vocab
+        self.style = style
+
+    def tokenize(self, text: str) -> list[str]:
+        return normalize(text, self.style)
+
+    def encode(self, text: str) -> Encoded:
+        tokens = self.tokenize(text)
+        stoi, unk = self.vocab.stoi, self.vocab.unk
+        ids = [stoi.get(t, unk) for t in tokens]
+        oov = [t not in stoi for t in tokens]
+        return Encoded(tokens, ids, oov)
+
+    def decode(self, ids: Iterable[int]) -> list[str]:
+        return [self.vocab.itos[i] for i in ids]
+
+
+_NO_SPACE_BEFORE = {",", ".", ";", ":", "!", "?", ")", "]", "}", "%", "'s", "'t", "'re", "'ve", "'ll", "'d", "'m", "n't"}
+_NO_SPACE_AFTER = {"(", "[", "{", "$"}
+_GLUE = {"@-@": "-", "@,@": ",", "@.@": "."}
+
+
+def detokenize(tokens: list[str]) -> str:
+    """Corpus tokens -> readable text (undo `@-@` joins and the spaces before punctuation)."""
+    out: list[str] = []
+    glue_next = False
+    for tok in tokens:
+        if tok in _GLUE:
+            if out:
+                out[-1] += _GLUE[tok]
+            else:
+                out.append(_GLUE[tok])
+            glue_next = True
+            continue
+        if out and (glue_next or tok in _NO_SPACE_BEFORE or out[-1] in _NO_SPACE_AFTER):
+            out[-1] += tok
+        else:
+            out.append(tok)
+        glue_next = False
+    return " ".join(out)

@@ -1,0 +1,233 @@
+"""`rnnlm` command line: train, distill, eval, generate, serve, worker.
+
+Every expected failure (bad path, broken model, nonsense flag) prints one line on stderr and
+exits non-zero; tracebacks are for bugs only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+EXIT_USAGE, EXIT_ERROR = 2, 1
+
+
+def _positive(kind=int):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def _cutoffs(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if any(v <= 0 for v in values) or values != sorted(set(values)):
+        raise argparse.ArgumentTypeError("cutoffs must be increasing positive integers")
+    return values
+
+
+def _add_model_flags(p: argparse.ArgumentParser, *, emb: int, hidden: int, layers: int) -> None:
+    p.add_argument("--data", required=True, help="folder with train.txt / valid.txt / test.txt")
+    p.add_argument("--out", required=True, help="model folder to write (e.g. checkpoints/mymodel)")
+    p.add_argument("--arch", choices=("lstm", "gru", "rnn"), default="lstm")
+    p.add_argument("--emb", type=_positive(), default=emb, help="embedding size")
+    p.add_argument("--hidden", type=_positive(), default=hidden, help="hidden size")
+    p.add_argument("--layers", type=_positive(), default=layers)
+    p.add_argument("--dropout", type=_fraction, default=0.3)
+    p.add_argument("--tie", action="store_true", help="tie input/output embeddings (implies --no-adaptive)")
+    p.add_argument("--no-adaptive", dest="adaptive", action="store_false", help="full softmax output")
+    p.add_argument("--cutoffs", type=_cutoffs, default=[2000, 10000], help="adaptive softmax cluster cutoffs")
+    p.add_argument("--context", action="store_true", help="condition on article titles (WikiText)")
+    p.add_argument("--context-dropout", type=_fraction, default=0.3)
+    p.add_argument("--epochs", type=_positive(), default=10)
+    p.add_argument("--batch-size", type=_positive(), default=64)
+    p.add_argument("--bptt", type=_positive(), default=35)
+    p.add_argument("--lr", type=_positive(float), default=2e-3)
+    p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--clip", type=_positive(float), default=0.25)
+    p.add_argument("--schedule", choices=("plateau", "cosine", "none"), default="plateau")
+    p.add_argument("--patience", type=_positive(), default=3, help="early stopping: epochs without improvement")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--max-vocab", type=_positive(), default=None)
+    p.add_argument("--style", choices=("wikitext", "ptb", "none"), default="wikitext",
+                   help="how raw user text is normalised at serving time")
+    p.add_argument("--train-tokens", type=_positive(), default=None, help="use only the first N training tokens")
+    p.add_argument("--valid-tokens", type=_positive(), default=None, help="use only the first N valid/test tokens")
+    p.add_argument("--run-dir", default=None, help="resumable run state (default: ~/.cache/rnnlm/runs/...)")
+    p.add_argument("--save-dtype", choices=("float32", "float16"), default="float32")
+    p.add_argument("--resume", action="store_true", help="continue the run from its last finished epoch")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
+    p.add_argument("--threads", type=_positive(), default=None)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line (the full usage is in --help)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="rnnlm", description="Recurrent language models: train, evaluate, serve.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("train", help="train a language model on a corpus folder")
+    _add_model_flags(p, emb=256, hidden=256, layers=2)
+
+    p = sub.add_parser("distill", help="train a smaller student on a teacher's soft labels")
+    p.add_argument("--teacher", required=True, help="teacher model folder")
+    p.add_argument("--temperature", type=_positive(float), default=2.0)
+    p.add_argument("--alpha", type=float, default=0.5, help="weight of the soft-label term, in [0, 1]")
+    _add_model_flags(p, emb=128, hidden=256, layers=1)
+
+    p = sub.add_parser("eval", help="perplexity of a model on a text file")
+    p.add_argument("--model", required=True, help="model folder")
+    p.add_argument("--data", required=True, help="text file (one sentence/paragraph per line) or corpus folder")
+    p.add_argument("--split", default="test", help="split to use when --data is a folder")
+    p.add_argument("--lines", type=_positive(), default=None, help="only the first N lines")
+    p.add_argument("--context", choices=("titles", "none"), default="titles",
+                   help="for context models: condition on WikiText article titles or on nothing")
+    p.add_argument("--json", action="store_true", help="print one JSON line")
+    p.add_argument("--threads", type=_positive(), default=None)
+
+    p = sub.add_parser("generate", help="sample continuations from a model")
+    p.add_argument("--model", required=True, help="model folder")
+    p.add_argument("--prompt", default="")
+    p.add_argument("--context", default=None, help="topic, e.g. an article title")
+    p.add_argument("--max-tokens", type=_positive(), default=40)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("-n", type=_positive(), default=1)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--threads", type=_positive(), default=None)
+    return parser
+
+
+def _set_threads(threads: int | None) -> None:
+    import torch
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def _train_config(args: argparse.Namespace):
+    from models.train import TrainConfig
+    return TrainConfig(
+        data=args.data, out=args.out, arch=args.arch, emb=args.emb, hidden=args.hidden, layers=args.layers,
+        dropout=args.dropout, tie=args.tie, adaptive=args.adaptive and not args.tie, cutoffs=args.cutoffs,
+        context=args.context, context_dropout=args.context_dropout, epochs=args.epochs,
+        batch_size=args.batch_size, bptt=args.bptt, lr=args.lr, optimizer=args.optimizer,
+        weight_decay=args.weight_decay, clip=args.clip, schedule=args.schedule, patience=args.patience,
+        seed=args.seed, max_vocab=args.max_vocab, style=args.style, train_tokens=args.train_tokens,
+        valid_tokens=args.valid_tokens, run_dir=args.run_dir, save_dtype=args.save_dtype)
+
+
+def _summary(result) -> str:
+    vp = f"{result.valid_ppl:.2f}" if result.valid_ppl is not None else "n/a"
+    tp = f"{result.test_ppl:.2f}" if result.test_ppl is not None else "n/a"
+    return (f"wrote {result.out}: {result.parameters:,} parameters, {result.epochs_run} epochs, "
+            f"{result.seconds:.0f} s, valid ppl {vp}, test ppl {tp}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from models.train import train
+    result = train(_train_config(args), resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    print(_summary(result))
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from models.distill import distill
+    if not 0.0 <= args.alpha <= 1.0:
+        raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}")
+    result = distill(_train_config(args), teacher=args.teacher, temperature=args.temperature, alpha=args.alpha,
+                     resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    print(_summary(result))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from models.checkpoint import load_model
+    from models.data import encode_lines, read_lines, split_path
+    from models.evaluate import evaluate_stream
+
+    loaded = load_model(args.model)
+    path = Path(args.data)
+    if path.is_dir():
+        path = split_path(path, args.split)
+    lines = read_lines(path)
+    if args.lines:
+        lines = lines[: args.lines]
+    stream = encode_lines(lines, loaded.tokenizer.vocab, titles=loaded.config.context)
+    oov = sum(1 for line in lines for w in line.split() if w not in loaded.tokenizer.vocab)
+    score = evaluate_stream(loaded.model, stream, use_context=args.context == "titles")
+    result = {"model": loaded.name, "data": str(path), "perplexity": round(score.perplexity, 4),
+              "num_tokens": score.num_tokens, "nll": round(score.nll, 4), "oov_count": oov,
+              "seconds": round(score.seconds, 3), "tokens_per_s": round(score.num_tokens / max(score.seconds, 1e-9))}
+    if loaded.config.context:
+        result["context"] = args.context
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['model']}: perplexity {result['perplexity']:.2f} over {result['num_tokens']:,} tokens "
+              f"({result['seconds']:.1f} s, {result['tokens_per_s']:,} tok/s)")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from models.checkpoint import load_model
+    from models.engine import Engine, GenerationParams
+
+    engine = Engine(load_model(args.model))
+    params = GenerationParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
+                              top_p=args.top_p, seed=args.seed, n=args.n)
+    for choice in engine.generate(args.prompt, params, context=args.context).choices:
+        print(choice.text)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "distill": cmd_distill, "eval": cmd_eval, "generate": cmd_generate}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from models.errors import RNNLMError
+
+    try:
+        _set_threads(getattr(args, "threads", None))
+        return COMMANDS[args.command](args)
+    except (RNNLMError, ValueError, OSError) as exc:
+        print(f"rnnlm {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"rnnlm {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

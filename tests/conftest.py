@@ -1,0 +1,45 @@
+"""Shared fixtures: the corpora (read in place from ../shared/data) and one tiny trained model."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("RNNLM_TEST_DATA", REPO.parent / "shared" / "data"))
+WIKITEXT2 = DATA / "wikitext-2"
+PTB = DATA / "ptb"
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def wikitext2() -> Path:
+    if not (WIKITEXT2 / "train.txt").exists():
+        pytest.skip(f"WikiText-2 not found at {WIKITEXT2} (set RNNLM_TEST_DATA)")
+    return WIKITEXT2
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory, wikitext2) -> Path:
+    """A small WikiText-2 slice as a corpus folder (first articles of each split)."""
+    folder = tmp_path_factory.mktemp("wt2-slice")
+    for split, n in (("train", 1500), ("valid", 200), ("test", 200)):
+        lines = (wikitext2 / f"{split}.txt").read_text(encoding="utf-8").splitlines(keepends=True)[:n]
+        (folder / f"{split}.txt").write_text("".join(lines), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, tiny_corpus) -> Path:
+    """An LSTM with title context trained for two quick epochs on the slice."""
+    from models.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("ckpt") / "tiny"
+    cfg = TrainConfig(data=str(tiny_corpus), out=str(out), arch="lstm", emb=32, hidden=48, layers=1,
+                      context=True, epochs=2, batch_size=16, bptt=20, max_vocab=3000, seed=1,
+                      run_dir=str(out.parent / "run"))
+    train(cfg, progress=False)
+    return out

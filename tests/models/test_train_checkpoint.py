@@ -1,0 +1,112 @@
+"""The trainer and checkpoints: learning, save/load, resume after a kill."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from models.checkpoint import load_model, save_model
+from models.engine import Engine
+from models.errors import CheckpointError, TrainingCancelled
+from models.train import TrainConfig, train
+
+SENTENCES = ["The game was released in Japan .", "It was the first album of the band ."]
+
+
+def small_config(corpus, out, **kw) -> TrainConfig:
+    base = dict(data=str(corpus), out=str(out), arch="lstm", emb=24, hidden=32, layers=1, epochs=2,
+                batch_size=16, bptt=20, max_vocab=2000, seed=3, train_tokens=15000, valid_tokens=4000,
+                run_dir=str(out) + ".run")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_training_lowers_validation_perplexity_clearly(tiny_model):
+    meta = json.loads((tiny_model / "config.json").read_text())
+    history = meta["history"]
+    assert len(history) == 2
+    first, last = history[0]["valid_ppl"], history[-1]["valid_ppl"]
+    # an untrained 3000-word model sits near 3000; a few hundred steps must get well below
+    assert last < 0.5 * 3000 and last < first
+    assert meta["metrics"]["test_ppl"] > 1 and meta["provenance"]["corpus_sha256"]
+
+
+def test_save_then_load_gives_identical_scores(tiny_model, tmp_path):
+    loaded = load_model(tiny_model)
+    before = [s.logprob for s in Engine(loaded).score(SENTENCES, context="Robert Boulter")]
+    again = load_model(save_model(loaded.model, loaded.tokenizer, tmp_path / "copy", {"metrics": {}}))
+    after = [s.logprob for s in Engine(again).score(SENTENCES, context="Robert Boulter")]
+    assert after == pytest.approx(before, abs=1e-5)
+
+
+def test_fp16_checkpoint_is_half_size_and_computes_in_fp32(tiny_model, tmp_path):
+    loaded = load_model(tiny_model)
+    half = save_model(loaded.model, loaded.tokenizer, tmp_path / "half", {}, dtype=torch.float16)
+    tensors = load_file(str(half / "model.safetensors"))
+    assert all(t.dtype == torch.float16 for t in tensors.values())
+    reloaded = load_model(half)
+    assert all(p.dtype == torch.float32 for p in reloaded.model.parameters())
+    a = Engine(loaded).score(SENTENCES)[0].logprob
+    b = Engine(reloaded).score(SENTENCES)[0].logprob
+    assert b == pytest.approx(a, rel=1e-2)
+
+
+def test_killed_then_resumed_run_equals_unbroken_run(tiny_corpus, tmp_path):
+    unbroken = train(small_config(tiny_corpus, tmp_path / "a", epochs=3), progress=False)
+
+    def kill_after_first_epoch(report):
+        if report.epoch == 1:
+            raise KeyboardInterrupt  # what a SIGINT does between epochs
+    with pytest.raises(KeyboardInterrupt):
+        train(small_config(tiny_corpus, tmp_path / "b", epochs=3), on_epoch=kill_after_first_epoch, progress=False)
+    resumed = train(small_config(tiny_corpus, tmp_path / "b", epochs=3), resume=True, progress=False)
+    assert resumed.epochs_run == unbroken.epochs_run == 3
+    a = load_file(str(tmp_path / "a" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert resumed.valid_ppl == pytest.approx(unbroken.valid_ppl, rel=1e-9)
+
+
+def test_same_seed_same_model_and_cancellation(tiny_corpus, tmp_path):
+    calls = iter(range(10**6))
+    with pytest.raises(TrainingCancelled):
+        train(small_config(tiny_corpus, tmp_path / "c"), should_stop=lambda: next(calls) >= 5, progress=False)
+    assert not (tmp_path / "c").exists()  # nothing half-written
+
+
+def test_refuses_to_overwrite_an_existing_model(tiny_model, tiny_corpus):
+    before = (tiny_model / "model.safetensors").read_bytes()
+    with pytest.raises(CheckpointError, match="already exists"):
+        train(small_config(tiny_corpus, tiny_model, run_dir=str(tiny_model) + ".other"), progress=False)
+    assert (tiny_model / "model.safetensors").read_bytes() == before
+
+
+@pytest.mark.parametrize("arch", ["gru", "rnn"])
+def test_other_architectures_train(tiny_corpus, tmp_path, arch):
+    result = train(small_config(tiny_corpus, tmp_path / arch, arch=arch, epochs=1, adaptive=False, tie=True,
+                                emb=32), progress=False)
+    assert load_model(result.out).config.arch == arch and result.valid_ppl < 2000
+
+
+@pytest.mark.parametrize("breakage", ["no_config", "bad_json", "no_weights", "truncated_weights", "wrong_shape"])
+def test_broken_model_folders_raise_checkpoint_error(tiny_model, tmp_path, breakage):
+    import shutil
+    folder = tmp_path / "broken"
+    shutil.copytree(tiny_model, folder)
+    if breakage == "no_config":
+        (folder / "config.json").unlink()
+    elif breakage == "bad_json":
+        (folder / "config.json").write_text("{not json")
+    elif breakage == "no_weights":
+        (folder / "model.safetensors").unlink()
+    elif breakage == "truncated_weights":
+        data = (folder / "model.safetensors").read_bytes()
+        (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+    elif breakage == "wrong_shape":
+        meta = json.loads((folder / "config.json").read_text())
+        meta["model"]["hidden"] += 1
+        (folder / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError):
+        load_model(folder)
