@@ -23,7 +23,7 @@ from models.data import Corpus, Stream, batchify, load_corpus, num_windows, tbpt
 from models.errors import CheckpointError, DataError, TrainingCancelled
 from models.evaluate import evaluate_stream
 from models.rnnlm import RNNLM, ModelConfig, detach_state
-from models.tokenizer import Tokenizer
+from models.tokenizer import Tokenizer, Vocab
 
 SCHEDULES = ("plateau", "cosine", "none")
 OPTIMIZERS = ("adam", "sgd")
@@ -128,6 +128,22 @@ class Batches:
         return tbptt_windows(self.ids, self.titles, self.bptt)
 
 
+class Objective:
+    """What the trainer minimises per window; subclasses may keep state across windows."""
+    titles = False  # whether the objective needs article titles even for a model without context
+
+    def start_epoch(self, batches: Batches) -> None:
+        pass
+
+    def __call__(self, model: RNNLM, feats: Tensor, inputs: Tensor, targets: Tensor, titles: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class CrossEntropy(Objective):
+    def __call__(self, model: RNNLM, feats: Tensor, inputs: Tensor, targets: Tensor, titles: Tensor) -> Tensor:
+        return model.loss(feats, targets)
+
+
 def title_context(model: RNNLM, table: tuple[Tensor, Tensor], titles: Tensor, drop: float = 0.0) -> Tensor:
     """Per-token context vectors [B, T, emb] for the targets' article titles."""
     vectors = model.context_vector(*table)[titles]
@@ -160,9 +176,10 @@ def _make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer):
 def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
           on_epoch: Callable[[EpochReport], None] | None = None,
           should_stop: Callable[[], bool] | None = None, progress: bool = True,
-          loss_fn: Callable | None = None, provenance: dict | None = None) -> TrainResult:
-    """Train a model from `cfg`; `loss_fn(model, feats, targets, inputs, context)` overrides the
-    cross-entropy (distillation uses it)."""
+          objective: Objective | None = None, vocab: Vocab | None = None,
+          provenance: dict | None = None) -> TrainResult:
+    """Train a model from `cfg`. `objective` replaces the cross-entropy (distillation uses it);
+    `vocab` fixes the vocabulary instead of building it from the training file."""
     out = Path(cfg.out)
     run_dir = cfg.resolved_run_dir()
     state_path = run_dir / "state.pt"
@@ -170,7 +187,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         resume = False  # nothing to resume: start fresh (the worker always asks to resume)
     if out.exists() and not (resume or overwrite):
         raise CheckpointError(f"{out} already exists; pass --overwrite to replace it or --resume to continue")
-    corpus = load_corpus(cfg.data, max_vocab=cfg.max_vocab, titles=cfg.context,
+    objective = objective or CrossEntropy()
+    corpus = load_corpus(cfg.data, vocab=vocab, max_vocab=cfg.max_vocab, titles=cfg.context or objective.titles,
                          train_tokens=cfg.train_tokens, valid_tokens=cfg.valid_tokens)
     tokenizer = Tokenizer(corpus.vocab, cfg.style)
     torch.manual_seed(cfg.seed)
@@ -203,6 +221,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         t0 = time.perf_counter()
         model.train()
         state = model.init_state(cfg.batch_size)
+        objective.start_epoch(batches)
         total_loss, n_steps = 0.0, 0
         bar = tqdm(total=batches.tokens, unit="tok", unit_scale=True, desc=f"epoch {epoch}/{cfg.epochs}",
                    disable=not progress, mininterval=1.0, leave=False)
@@ -213,10 +232,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
             state = detach_state(state)
             context = title_context(model, batches.table, titles, cfg.context_dropout) if cfg.context else None
             feats, state = model.features(inputs, state, context)
-            if loss_fn is None:
-                loss = model.loss(feats, targets)
-            else:
-                loss = loss_fn(model, feats, targets, inputs, context)
+            loss = objective(model, feats, inputs, targets, titles)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.clip > 0:

@@ -26,6 +26,16 @@ def _positive(kind=int):
     return parse
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be in [0, 65535], got {text}")
+    return value
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -100,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", required=True, help="teacher model folder")
     p.add_argument("--temperature", type=_positive(float), default=2.0)
     p.add_argument("--alpha", type=float, default=0.5, help="weight of the soft-label term, in [0, 1]")
+    p.add_argument("--kd-fraction", type=float, default=1.0,
+                   help="share of positions per window that get the soft-label term (unbiased estimate)")
     _add_model_flags(p, emb=128, hidden=256, layers=1)
 
     p = sub.add_parser("eval", help="perplexity of a model on a text file")
@@ -123,6 +135,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=_positive(), default=1)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--threads", type=_positive(), default=None)
+
+    p = sub.add_parser("serve", help="serve the models of a checkpoint folder over HTTP",
+                       description="Serve every model folder in --checkpoints over HTTP (one process; "
+                                   "scale out with replicas). Flags override RNNLM_* environment settings.")
+    p.add_argument("--host", default=None, help="address to bind (default 127.0.0.1; any other address "
+                                                "needs an API key or --insecure)")
+    p.add_argument("--port", type=_port, default=None, help="default 8000")
+    p.add_argument("--checkpoints", default=None, help="folder of model folders (default: checkpoints)")
+    p.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on protected routes "
+                                                   "(default: $RNNLM_API_KEY)")
+    p.add_argument("--insecure", action="store_true", help="allow a non-loopback address without an API key")
+    p.add_argument("--threads", type=_positive(), default=None, help="torch threads")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     return parser
 
 
@@ -163,7 +188,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if not 0.0 <= args.alpha <= 1.0:
         raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}")
     result = distill(_train_config(args), teacher=args.teacher, temperature=args.temperature, alpha=args.alpha,
-                     resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+                     kd_fraction=args.kd_fraction, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     print(_summary(result))
     return 0
 
@@ -210,7 +235,45 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "distill": cmd_distill, "eval": cmd_eval, "generate": cmd_generate}
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+    from pathlib import Path
+
+    from pydantic import ValidationError
+
+    from service.settings import Settings
+
+    flags = {"host": args.host, "port": args.port, "checkpoints": args.checkpoints, "api_key": args.api_key,
+             "threads": args.threads}
+    try:
+        settings = Settings(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        print(f"rnnlm serve: error: bad setting {where or '?'} (RNNLM_{where.upper()}): {err['msg']}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    if not settings.loopback and settings.api_key is None and not args.insecure:
+        print(f"rnnlm serve: error: refusing to bind {settings.host} without an API key; "
+              "pass --api-key KEY (or set RNNLM_API_KEY), or --insecure to allow it anyway", file=sys.stderr)
+        return EXIT_USAGE
+    if not Path(settings.checkpoints).is_dir():
+        print(f"rnnlm serve: error: no such checkpoint folder: {settings.checkpoints}", file=sys.stderr)
+        return EXIT_ERROR
+
+    import uvicorn
+
+    from service.app import create_app
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # One worker process: the models live in this process' memory; scale out with replicas.
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, workers=1,
+                log_level=args.log_level)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "distill": cmd_distill, "eval": cmd_eval, "generate": cmd_generate,
+            "serve": cmd_serve}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
