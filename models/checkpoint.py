@@ -141,3 +141,15 @@ def load_model(folder: str | Path, name: str | None = None) -> LoadedModel:
         model.decoder.weight = model.encoder.weight
     model.eval()
     return LoadedModel(name or meta.get("name") or folder.name, model, tokenizer, meta, folder)
+
+
+def record_metrics(folder: str | Path, updates: dict) -> dict:
+    """Merge `updates` into config.json's "metrics" (atomic rewrite of that one file)."""
+    folder = Path(folder)
+    config = read_config(folder)
+    config.setdefault("metrics", {}).update(updates)
+    tmp = folder / f".{CONFIG}.tmp"
+    tmp.write_text(json.dumps(config, indent=2) + "\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, folder / CONFIG)
+    return config

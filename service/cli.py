@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", choices=("titles", "none"), default="titles",
                    help="for context models: condition on WikiText article titles or on nothing")
     p.add_argument("--json", action="store_true", help="print one JSON line")
+    p.add_argument("--record", metavar="KEY", default=None,
+                   help="also store the result under metrics.KEY in the model's config.json")
     p.add_argument("--threads", type=_positive(), default=None)
 
     p = sub.add_parser("generate", help="sample continuations from a model")
@@ -215,6 +217,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
               "seconds": round(score.seconds, 3), "tokens_per_s": round(score.num_tokens / max(score.seconds, 1e-9))}
     if loaded.config.context:
         result["context"] = args.context
+    if args.record:
+        from models.checkpoint import record_metrics
+        record_metrics(args.model, {args.record: {k: result[k] for k in ("perplexity", "num_tokens", "nll")}
+                                    | {"data": f"{path.parent.name}/{path.name}", "lines": args.lines,
+                                       "context": args.context if loaded.config.context else None}})
     if args.json:
         print(json.dumps(result))
     else:
