@@ -1,0 +1,66 @@
+"""The FastAPI application: settings -> registry (+ watcher) -> routers, error handlers, metrics."""
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from prometheus_client import REGISTRY
+
+from service import errors
+from service.jobs import JobStore
+from service.metrics import MetricsMiddleware
+from service.registry import ModelRegistry
+from service.routes import generate, health, jobs, models, score
+from service.settings import Settings
+from service.worker import JobCounts
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """Recurrent (LSTM/GRU) language models over HTTP: sequence scoring, perplexity,
+next-word prediction, ranking of alternatives and generation. Errors are
+`{"error": {"type", "message", "param"}}`."""
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    if settings.threads:
+        import torch
+        torch.set_num_threads(settings.threads)
+    registry = ModelRegistry(settings)
+    registry.reload()
+    names = registry.names()
+    if names:
+        log.info("serving %d model(s) from %s: %s", len(names), settings.checkpoints, ", ".join(names))
+    else:
+        log.warning("no loadable model in %s; /ready answers 503 until one appears", settings.checkpoints)
+    registry.start()
+    app.state.registry = registry
+    job_counts: JobCounts | None = JobCounts(app.state.jobs)  # rnnlm_jobs{status}, read from the db per scrape
+    try:
+        REGISTRY.register(job_counts)
+    except ValueError:  # another app in this process (tests) already exports it
+        job_counts = None
+    try:
+        yield
+    finally:
+        if job_counts is not None:
+            REGISTRY.unregister(job_counts)
+        registry.close()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; models are loaded when its lifespan starts (uvicorn, TestClient, ...)."""
+    settings = settings or Settings()
+    app = FastAPI(title="rnnlm-serve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.jobs = JobStore(settings.jobs_db, stale_after_s=settings.job_stale_after_s)  # opened on first use
+    for module in (health, models, score, generate, jobs):
+        app.include_router(module.router)
+    errors.install(app)
+    app.add_middleware(errors.BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, api=app)  # added last = outermost: sees every response
+    return app

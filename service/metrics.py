@@ -1,0 +1,87 @@
+"""Prometheus metrics, defined once at module level (default registry: one process per replica).
+
+Labels are bounded: `endpoint` is a route template (`/v1/models/{name}`, never a raw path),
+`model` a loaded model's name or "none", `status` an HTTP status code.
+"""
+from __future__ import annotations
+
+import re
+import time
+
+from fastapi import FastAPI
+from prometheus_client import Counter, Gauge, Histogram
+from starlette.routing import compile_path
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+REQUESTS = Counter("rnnlm_requests", "HTTP requests handled", ["endpoint", "model", "status"])
+REQUEST_DURATION = Histogram(
+    "rnnlm_request_duration_seconds", "Time from request to the last byte of the response",
+    ["endpoint", "model"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0))
+IN_FLIGHT = Gauge("rnnlm_requests_in_flight", "Requests being handled right now", ["endpoint"])
+TOKENS_SCORED = Counter("rnnlm_tokens_scored", "Tokens whose log-probability was computed", ["model"])
+TOKENS_GENERATED = Counter("rnnlm_tokens_generated", "Tokens sampled by /v1/generate", ["model"])
+MODELS_LOADED = Gauge("rnnlm_models_loaded", "Models currently served")
+MODEL_LOAD_FAILURES = Counter("rnnlm_model_load_failures", "Model folders that failed to load")
+
+UNMATCHED = "unmatched"  # endpoint label for paths that match no route (404s)
+NO_MODEL = "none"
+
+
+class RouteTemplates:
+    """Maps a request path to its route template (`/v1/models/{name}`) before the router runs,
+    so that the in-flight gauge can be labelled on the way in."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self._compiled: list[tuple[re.Pattern[str], str]] | None = None
+
+    def _build(self) -> list[tuple[re.Pattern[str], str]]:
+        paths = list(self.app.openapi().get("paths", {}))
+        paths += [r.path for r in self.app.routes if isinstance(getattr(r, "path", None), str)]
+        return [(compile_path(p)[0], p) for p in dict.fromkeys(paths)]
+
+    def match(self, scope: Scope) -> str:
+        if self._compiled is None:
+            self._compiled = self._build()
+        path, root = scope["path"], scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root):] or "/"
+        return next((template for regex, template in self._compiled if regex.match(path)), UNMATCHED)
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware: counts, times and gauges every HTTP request by route template.
+
+    Routes put the model they used on `request.state.model`; the middleware reads it afterwards.
+    Streaming responses are timed until their last chunk.
+    """
+
+    def __init__(self, app: ASGIApp, api: FastAPI) -> None:
+        self.app = app
+        self.templates = RouteTemplates(api)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        endpoint = self.templates.match(scope)
+        state = scope.setdefault("state", {})
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        start = time.perf_counter()
+        in_flight = IN_FLIGHT.labels(endpoint)
+        in_flight.inc()
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            in_flight.dec()
+            model = state.get("model") or NO_MODEL
+            REQUESTS.labels(endpoint, model, str(status)).inc()
+            REQUEST_DURATION.labels(endpoint, model).observe(time.perf_counter() - start)

@@ -1,0 +1,365 @@
+"""Request and response models of the HTTP API (DESIGN §4), in one place like vLLM's protocol.py.
+
+Static ranges live here as Field constraints; limits that come from Settings (how many texts,
+how long, the largest k / max_tokens / n) are checked by `service.deps.check_limits`.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator,
+                      model_validator)
+
+from models.checkpoint import valid_name
+
+MAX_STOP = 4
+MAX_SEED = 2**63 - 1
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty or whitespace only")
+    return value
+
+
+def _blank_to_none(value: Any) -> Any:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+def _one_or_many(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+Text = Annotated[str, AfterValidator(_not_blank)]
+Context = Annotated[str | None, BeforeValidator(_blank_to_none), Field(
+    None, description="free-text topic (e.g. a WikiText article title) for models trained with one; "
+                      "other models ignore it and say so in `warnings`")]
+ModelName = Annotated[str | None, Field(None, description="model name or alias; default: the `default` alias",
+                                        examples=["lstm"])]
+FinishReason = Literal["length", "stop", "eos"]
+
+
+class Request(BaseModel):
+    """Unknown fields are rejected so that a misspelt parameter is an error, not a silent default."""
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# ---- errors -----------------------------------------------------------------------------------
+class ErrorDetail(BaseModel):
+    type: str = Field(description="machine-readable kind, e.g. invalid_request_error, model_not_found")
+    message: str
+    param: str | None = Field(None, description="the offending request field, dotted (`texts.2`)")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+    model_config = ConfigDict(json_schema_extra={"examples": [{"error": {
+        "type": "invalid_request_error", "message": "texts.0: must not be empty or whitespace only",
+        "param": "texts.0"}}]})
+
+
+# ---- health and models ------------------------------------------------------------------------
+class HealthResponse(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready", "not_ready"]
+    models: list[str]
+
+
+class ModelCard(BaseModel):
+    name: str
+    aliases: list[str] = Field(description="other names that resolve to this model")
+    arch: str = Field(description="lstm, gru or rnn")
+    parameters: int
+    vocab_size: int
+    context: bool = Field(description="whether the model was trained to condition on a topic")
+    emb: int | None = None
+    hidden: int | None = None
+    layers: int | None = None
+    adaptive_softmax: bool | None = None
+    dtype: str | None = Field(None, description="storage precision of the weights")
+    tokenizer: str | None = Field(None, description="text normalisation style (wikitext, ptb, none)")
+    metrics: dict[str, Any] = Field(default_factory=dict, description="measured perplexities etc.")
+    provenance: dict[str, Any] = Field(default_factory=dict, description="corpus, checksum, epochs, seed, ...")
+
+
+class ModelList(BaseModel):
+    data: list[ModelCard]
+
+
+# ---- scoring ----------------------------------------------------------------------------------
+class ScoreRequest(Request):
+    model: ModelName
+    texts: list[Text] = Field(min_length=1, description="raw texts; each is normalised by the model's tokenizer")
+    add_eos: bool = Field(True, description="also score the end of sentence (<eos>) after each text")
+    details: bool = Field(False, description="return per-token log-probabilities")
+    context: Context
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "model": "lstm", "texts": ["The game was released in Japan in 2011 .", "Japan released game the in ."],
+        "add_eos": True, "details": False}]})
+
+
+class TokenScore(BaseModel):
+    token: str
+    logprob: float = Field(description="natural log-probability")
+    oov: bool = Field(description="the word is not in the vocabulary (scored as <unk>)")
+
+
+class TextScore(BaseModel):
+    text: str
+    logprob: float = Field(description="sum of natural-log token probabilities")
+    num_tokens: int = Field(description="predicted tokens, <eos> included when add_eos")
+    perplexity: float
+    oov_count: int
+    tokens: list[TokenScore] | None = Field(None, exclude_if=lambda v: v is None,
+                                            description="only with details=true")
+
+
+class ContextInfo(BaseModel):
+    context_used: bool = Field(False, description="whether `context` conditioned the model")
+    warnings: list[str] = Field(default_factory=list)
+
+
+class ScoreResponse(ContextInfo):
+    model: str
+    results: list[TextScore]
+
+
+class PerplexityRequest(Request):
+    model: ModelName
+    texts: list[Text] = Field(min_length=1)
+    context: Context
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "model": "lstm", "texts": ["The album was released in 1999 .", "It received positive reviews ."]}]})
+
+
+class PerplexityResult(BaseModel):
+    text: str
+    perplexity: float
+    num_tokens: int
+    logprob: float
+    oov_count: int
+
+
+class PerplexityResponse(ContextInfo):
+    model: str
+    perplexity: float = Field(description="exp(nll / num_tokens) over all tokens of all texts")
+    num_tokens: int
+    nll: float = Field(description="negative natural-log likelihood, summed")
+    results: list[PerplexityResult]
+
+
+class RankRequest(Request):
+    model: ModelName
+    candidates: list[Text] = Field(min_length=1, description="alternatives to order, e.g. an ASR n-best list")
+    context: Context
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "model": "lstm", "candidates": ["He went to the store .", "He went too the store .",
+                                        "He went two the store ."]}]})
+
+
+class RankResult(BaseModel):
+    rank: int = Field(description="1 = most probable")
+    text: str
+    logprob: float
+    num_tokens: int
+    perplexity: float
+    oov_count: int
+
+
+class RankResponse(ContextInfo):
+    model: str
+    results: list[RankResult] = Field(description="best first")
+
+
+# ---- next word and generation -----------------------------------------------------------------
+class NextWordRequest(Request):
+    model: ModelName
+    text: str = Field(description="text typed so far; without a trailing space the last word is completed; "
+                                  "may be empty (predict the first word)")
+    k: int = Field(5, ge=1, description="number of predictions")
+    context: Context
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"model": "lstm", "text": "The company was founded in ", "k": 5},
+        {"model": "lstm", "text": "The company was fou", "k": 3}]})
+
+
+class Prediction(BaseModel):
+    word: str
+    prob: float
+
+
+class NextWordResponse(ContextInfo):
+    model: str
+    predictions: list[Prediction] = Field(description="most probable first")
+    completing: str | None = Field(description="the half-typed word being completed, or null")
+
+
+class GenerateRequest(Request):
+    model: ModelName
+    prompt: str = ""
+    context: Context
+    max_tokens: int = Field(40, ge=1, description="tokens to generate per choice")
+    temperature: float = Field(1.0, ge=0, description="0 = greedy")
+    top_k: int = Field(0, ge=0, description="sample from the k most probable tokens; 0 = all")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="same seed, same output")
+    stop: Annotated[list[Annotated[str, Field(min_length=1)]], BeforeValidator(_one_or_many)] = Field(
+        default_factory=list, max_length=MAX_STOP, description="stop before any of these strings")
+    n: int = Field(1, ge=1, description="number of choices")
+    stream: bool = Field(False, description="send tokens as server-sent events")
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "model": "lstm", "prompt": "The film was", "max_tokens": 30, "temperature": 0.8, "top_p": 0.95,
+        "seed": 42, "stop": ["."], "n": 1, "stream": False}]})
+
+
+class Choice(BaseModel):
+    index: int
+    text: str = Field(description="the continuation, detokenised")
+    tokens: list[str]
+    logprob: float
+    finish_reason: FinishReason
+
+
+class GenerateResponse(ContextInfo):
+    model: str
+    choices: list[Choice]
+
+
+class StreamChunk(BaseModel):
+    """One server-sent event of a streamed generation (`data: {...}`; the stream ends with `data: [DONE]`)."""
+    index: int
+    token: str | None = Field(description="the new token; null on a choice's final event")
+    text: str = Field(description="the choice's text so far")
+    logprob: float | None
+    finish_reason: FinishReason | None = Field(None, description="set on a choice's final event")
+
+
+# ---- training jobs ----------------------------------------------------------------------------
+JobType = Literal["train", "distill"]
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+MAX_SIZE = 4096
+# CLI defaults (`rnnlm train` / `rnnlm distill`) for the sizes a job leaves out
+JOB_SIZE_DEFAULTS = {"train": {"emb": 256, "hidden": 256, "layers": 2},
+                     "distill": {"emb": 128, "hidden": 256, "layers": 1}}
+DISTILL_DEFAULTS = {"temperature": 2.0, "alpha": 0.5, "kd_fraction": 1.0}
+
+
+def _model_name(value: str) -> str:
+    if not valid_name(value):
+        raise ValueError("must match ^[a-z0-9][a-z0-9._-]{0,63}$ (lower-case letters, digits, '.', '_', '-')")
+    return value
+
+
+ModelFolderName = Annotated[str, AfterValidator(_model_name)]
+
+
+class JobRequest(Request):
+    """A training (`train`) or distillation (`distill`) job; fields use the `rnnlm train` flag names."""
+    type: JobType
+    name: ModelFolderName = Field(description="name of the model to create (its folder in the checkpoint dir)",
+                                  examples=["my-lstm"])
+    data: Text = Field(max_length=4096, description="corpus folder with train.txt (valid.txt, test.txt), "
+                                                    "under one of the data roots")
+    arch: Literal["lstm", "gru", "rnn"] = "lstm"
+    emb: int | None = Field(None, ge=1, le=MAX_SIZE, description="embedding size (default 256; distill 128)")
+    hidden: int | None = Field(None, ge=1, le=MAX_SIZE, description="hidden size (default 256)")
+    layers: int | None = Field(None, ge=1, le=8, description="recurrent layers (default 2; distill 1)")
+    epochs: int = Field(10, ge=1, le=1000)
+    dropout: float = Field(0.3, ge=0, lt=1)
+    batch_size: int = Field(64, ge=1, le=MAX_SIZE)
+    bptt: int = Field(35, ge=2, le=MAX_SIZE, description="truncated-BPTT window (tokens)")
+    lr: float = Field(2e-3, gt=0, lt=100)
+    clip: float = Field(0.25, ge=0, le=1000, description="gradient-norm clipping; 0 = off")
+    patience: int = Field(3, ge=1, le=1000, description="early stopping: epochs without improvement")
+    tie: bool = Field(False, description="tie input and output embeddings (full softmax)")
+    adaptive: bool = Field(True, description="adaptive softmax output")
+    context: bool = Field(False, description="condition on article titles (WikiText)")
+    max_vocab: int | None = Field(None, ge=2, le=10_000_000, description="train jobs only: vocabulary size cap")
+    train_tokens: int | None = Field(None, ge=1, description="use only the first N training tokens")
+    valid_tokens: int | None = Field(None, ge=1, description="use only the first N valid/test tokens")
+    seed: int = Field(1234, ge=0, le=MAX_SEED)
+    save_dtype: Literal["float32", "float16"] = "float32"
+    overwrite: bool = Field(False, description="replace an existing model of this name when the job succeeds")
+    teacher: ModelFolderName | None = Field(None, validate_default=True,
+                                            description="distill jobs: the teacher model's name")
+    temperature: float | None = Field(None, gt=0, le=100, validate_default=True, description="distill jobs")
+    alpha: float | None = Field(None, ge=0, le=1, validate_default=True,
+                                description="distill jobs: weight of the soft-label term")
+    kd_fraction: float | None = Field(None, gt=0, le=1, validate_default=True, description="distill jobs")
+
+    @field_validator("max_vocab")
+    @classmethod
+    def _student_vocab(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and info.data.get("type") == "distill":
+            raise ValueError("a student shares its teacher's vocabulary; leave max_vocab out")
+        return value
+
+    @field_validator("teacher", "temperature", "alpha", "kd_fraction")
+    @classmethod
+    def _distill_only(cls, value: object, info: ValidationInfo) -> object:
+        kind = info.data.get("type")
+        if kind == "train" and value is not None:
+            raise ValueError("only for distill jobs")
+        if kind == "distill" and value is None:
+            if info.field_name == "teacher":
+                raise ValueError("a distill job needs a teacher model")
+            value = DISTILL_DEFAULTS[info.field_name]
+        return value
+
+    @model_validator(mode="after")
+    def _size_defaults(self) -> JobRequest:
+        for key, default in JOB_SIZE_DEFAULTS[self.type].items():
+            if getattr(self, key) is None:
+                setattr(self, key, default)
+        return self
+
+
+class JobCreated(BaseModel):
+    id: str
+    status: JobStatus
+
+
+class JobProgress(BaseModel):
+    epoch: int | None = Field(None, description="last finished epoch")
+    epochs: int | None = None
+    step: int | None = Field(None, description="optimiser steps so far")
+    loss: float | None = Field(None, description="mean training loss of the last epoch (nats per token)")
+    valid_ppl: float | None = Field(None, description="validation perplexity after the last epoch")
+    best_valid_ppl: float | None = None
+    tokens_per_s: float | None = Field(None, description="training throughput of the last epoch")
+    eta_s: float | None = Field(None, description="estimated seconds to the last epoch")
+    lr: float | None = None
+    resumed_from_epoch: int | None = Field(None, description="epoch this attempt resumed after (0: from scratch)")
+    attempt: int | None = None
+
+
+class JobInfo(BaseModel):
+    id: str
+    type: JobType
+    name: str = Field(description="the model this job creates")
+    status: JobStatus
+    cancel_requested: bool
+    params: dict[str, Any]
+    progress: JobProgress | None
+    model: str | None = Field(description="the model to use once the job has succeeded")
+    result: dict[str, Any] | None = Field(description="metrics of the finished model")
+    error: str | None
+    attempts: int = Field(description="times a worker took this job (> 1 after a worker died or stopped)")
+    worker_id: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+
+
+class JobList(BaseModel):
+    data: list[JobInfo] = Field(description="newest first")

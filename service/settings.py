@@ -1,0 +1,66 @@
+"""Service configuration: one pydantic-settings class, read from `RNNLM_*` environment variables."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+class Settings(BaseSettings):
+    """Everything the service reads from its environment (`RNNLM_<FIELD>`) or from CLI flags."""
+
+    model_config = SettingsConfigDict(env_prefix="RNNLM_", extra="ignore")
+
+    # models
+    checkpoints: Path = Path("checkpoints")
+    default_model: str = "lstm"
+    aliases: dict[str, str] = Field(default_factory=dict, description='alias -> model, JSON in the environment')
+    reload_interval_s: float = Field(2.0, description="checkpoint dir poll interval; <= 0 disables hot reload")
+
+    # server
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_key: SecretStr | None = None
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice)")
+
+    # request limits
+    max_texts: int = Field(64, ge=1, description="texts per /v1/score or /v1/perplexity, candidates per /v1/rank")
+    max_text_chars: int = Field(10_000, ge=1, description="characters per text, prompt, context or stop string")
+    max_k: int = Field(100, ge=1, description="largest k for /v1/next-word")
+    max_tokens: int = Field(512, ge=1, description="largest max_tokens for /v1/generate")
+    max_n: int = Field(8, ge=1, description="largest n (choices) for /v1/generate")
+    max_body_bytes: int = Field(8 * 2**20, ge=1024, description="largest request body; bigger ones get 413")
+
+    # training jobs (used by the jobs API and the worker)
+    data_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list,
+                                                        description="`:`-separated corpus folders jobs may read")
+    jobs_db: Path = Path("jobs.db")
+    job_stale_after_s: float = Field(30.0, gt=0, description="a running job without a worker heartbeat for "
+                                                             "this long is re-queued (its worker died)")
+    worker_poll_interval_s: float = Field(1.0, gt=0, description="how often an idle worker looks for jobs")
+    worker_metrics_port: int = Field(0, ge=0, le=65535, description="worker's Prometheus port; 0 = off")
+
+    @field_validator("data_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part for part in value.split(":") if part.strip()]
+        return value
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _blank_key_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _default_alias(self) -> Settings:
+        self.aliases = {"default": self.default_model, **self.aliases}
+        return self
+
+    @property
+    def loopback(self) -> bool:
+        return self.host in LOOPBACK_HOSTS

@@ -1,0 +1,68 @@
+"""Service fixtures: two tiny models trained once by the real trainer, and apps that serve them.
+
+`wikitext2` (the corpus folder, skipped when absent) comes from tests/conftest.py.
+"""
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from service.app import create_app
+from service.settings import Settings
+
+# ~10 s per model on one core; small batches and no dropout so that it learns word order in 2 epochs.
+TINY = dict(emb=32, hidden=48, layers=1, epochs=2, train_tokens=60000, valid_tokens=5000, batch_size=16,
+            lr=5e-3, dropout=0.0, max_vocab=5000, seed=1)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory, wikitext2: Path) -> Path:
+    """A folder holding `lstm` (with context) and `gru` (without), trained once per session."""
+    from models.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("trained")
+    for name, arch, context in (("lstm", "lstm", True), ("gru", "gru", False)):
+        train(TrainConfig(data=str(wikitext2), out=str(root / name), arch=arch, context=context,
+                          run_dir=str(root / f"run-{name}"), **TINY), progress=False)
+        shutil.rmtree(root / f"run-{name}")
+    return root
+
+
+@pytest.fixture
+def checkpoints(tmp_path: Path, trained: Path) -> Path:
+    """A fresh checkpoint dir per test, so tests that add or break models stay independent."""
+    out = tmp_path / "checkpoints"
+    out.mkdir()
+    for name in ("lstm", "gru"):
+        shutil.copytree(trained / name, out / name)
+    return out
+
+
+@pytest.fixture
+def settings(checkpoints: Path) -> Settings:
+    return Settings(checkpoints=checkpoints, reload_interval_s=0.2, max_texts=8, max_text_chars=200, max_k=50,
+                    max_tokens=64, max_n=4)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    """The app with its lifespan entered (models loaded, watcher running)."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        yield app
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+        yield c
