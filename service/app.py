@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from prometheus_client import REGISTRY
 
 from service import errors
+from service.batcher import Batcher
 from service.jobs import JobStore
 from service.metrics import MetricsMiddleware
 from service.registry import ModelRegistry
@@ -39,6 +40,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.warning("no loadable model in %s; /ready answers 503 until one appears", settings.checkpoints)
     registry.start()
     app.state.registry = registry
+    app.state.batcher = batcher = Batcher(settings)
     job_counts: JobCounts | None = JobCounts(app.state.jobs)  # rnnlm_jobs{status}, read from the db per scrape
     try:
         REGISTRY.register(job_counts)
@@ -49,6 +51,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         if job_counts is not None:
             REGISTRY.unregister(job_counts)
+        await batcher.close()
         registry.close()
 
 

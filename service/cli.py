@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -150,6 +151,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--insecure", action="store_true", help="allow a non-loopback address without an API key")
     p.add_argument("--threads", type=_positive(), default=None, help="torch threads")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    p.add_argument("--jobs-db", default=None, help="training job database (default: jobs.db)")
+    p.add_argument("--with-worker", action="store_true",
+                   help="also run a training worker process (same checkpoints and job database)")
+
+    p = sub.add_parser("worker", help="run the training and distillation jobs queued by POST /v1/jobs",
+                       description="Claim queued jobs one at a time and train them; a finished model is copied "
+                                   "into --checkpoints, where `rnnlm serve` picks it up. SIGTERM/SIGINT hand the "
+                                   "running job back to the queue (it resumes from its last epoch). Flags "
+                                   "override RNNLM_* environment settings.")
+    p.add_argument("--checkpoints", default=None, help="where finished models go (default: checkpoints)")
+    p.add_argument("--jobs-db", default=None, help="job database (default: jobs.db)")
+    p.add_argument("--poll-interval", type=_positive(float), default=None,
+                   help="seconds between looks at an empty queue (default 1)")
+    p.add_argument("--stale-after", type=_positive(float), default=None,
+                   help="re-queue a running job whose worker sent no heartbeat for this many seconds (default 30)")
+    p.add_argument("--metrics-port", type=_port, default=None, help="Prometheus metrics port; 0 = off (default)")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics server")
+    p.add_argument("--once", action="store_true", help="process at most one job (none if the queue is empty)")
+    p.add_argument("--threads", type=_positive(), default=None, help="torch threads")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)  # serve --with-worker
     return parser
 
 
@@ -242,23 +264,63 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    import logging
-    from pathlib import Path
-
+def _settings(command: str, flags: dict):
+    """Settings from the environment, overridden by the flags given; None (after one error line) if invalid."""
     from pydantic import ValidationError
 
     from service.settings import Settings
 
-    flags = {"host": args.host, "port": args.port, "checkpoints": args.checkpoints, "api_key": args.api_key,
-             "threads": args.threads}
     try:
-        settings = Settings(**{k: v for k, v in flags.items() if v is not None})
+        return Settings(**{k: v for k, v in flags.items() if v is not None})
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
-        print(f"rnnlm serve: error: bad setting {where or '?'} (RNNLM_{where.upper()}): {err['msg']}",
+        print(f"rnnlm {command}: error: bad setting {where or '?'} (RNNLM_{where.upper()}): {err['msg']}",
               file=sys.stderr)
+        return None
+
+
+def _start_worker(settings, log_level: str):
+    """The `--with-worker` subprocess: same checkpoints and job database; exits if this server dies."""
+    import os
+    import subprocess
+
+    cmd = [sys.executable, "-m", "service.cli", "worker", "--checkpoints", str(settings.checkpoints),
+           "--jobs-db", str(settings.jobs_db), "--log-level", log_level, "--parent-pid", str(os.getpid())]
+    if settings.threads:
+        cmd += ["--threads", str(settings.threads)]
+    return subprocess.Popen(cmd)
+
+
+class _Terminated(Exception):
+    """SIGTERM arrived (`rnnlm serve --with-worker` cleans up before exiting)."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+def _stop_worker(proc, grace_s: float = 30.0) -> None:
+    """SIGTERM (the worker hands its job back to the queue), then SIGKILL if it does not exit in time."""
+    import subprocess
+
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+    from pathlib import Path
+
+    flags = {"host": args.host, "port": args.port, "checkpoints": args.checkpoints, "api_key": args.api_key,
+             "threads": args.threads, "jobs_db": args.jobs_db}
+    settings = _settings("serve", flags)
+    if settings is None:
         return EXIT_USAGE
     if not settings.loopback and settings.api_key is None and not args.insecure:
         print(f"rnnlm serve: error: refusing to bind {settings.host} without an API key; "
@@ -273,14 +335,43 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from service.app import create_app
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # One worker process: the models live in this process' memory; scale out with replicas.
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, workers=1,
-                log_level=args.log_level)
+    app = create_app(settings)
+    worker, terminated = None, False
+    if args.with_worker:
+        worker = _start_worker(settings, args.log_level)
+        # uvicorn re-raises SIGTERM after its graceful shutdown: turn it into an exception so that
+        # the worker is stopped before this process goes.
+        signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        # One server process: the models live in this process' memory; scale out with replicas.
+        uvicorn.run(app, host=settings.host, port=settings.port, workers=1, log_level=args.log_level)
+    except _Terminated:
+        terminated = True
+    finally:
+        if worker is not None:
+            _stop_worker(worker)
+    if terminated:  # exit reporting the signal, as without a worker
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.raise_signal(signal.SIGTERM)
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    import logging
+
+    flags = {"checkpoints": args.checkpoints, "jobs_db": args.jobs_db, "worker_poll_interval_s": args.poll_interval,
+             "job_stale_after_s": args.stale_after, "worker_metrics_port": args.metrics_port, "threads": args.threads}
+    settings = _settings("worker", flags)
+    if settings is None:
+        return EXIT_USAGE
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from service.worker import run_worker
+
+    return run_worker(settings, once=args.once, metrics_host=args.metrics_host, parent_pid=args.parent_pid)
+
+
 COMMANDS = {"train": cmd_train, "distill": cmd_distill, "eval": cmd_eval, "generate": cmd_generate,
-            "serve": cmd_serve}
+            "serve": cmd_serve, "worker": cmd_worker}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

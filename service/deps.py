@@ -1,4 +1,5 @@
-"""Dependencies shared by the routers: settings, registry, job store, model lookup, limits, API key, off-loop calls."""
+"""Dependencies shared by the routers: settings, registry, batcher, job store, model lookup, limits,
+API key, off-loop calls."""
 from __future__ import annotations
 
 import secrets
@@ -10,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from models.engine import Engine
 from models.errors import InputError
+from service.batcher import Batcher
 from service.jobs import JobStore
 from service.registry import ModelRegistry
 from service.settings import Settings
@@ -26,8 +28,13 @@ def get_registry(request: Request) -> ModelRegistry:
     return request.app.state.registry
 
 
+def get_batcher(request: Request) -> Batcher:
+    return request.app.state.batcher
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
+BatcherDep = Annotated[Batcher, Depends(get_batcher)]
 
 
 def use_model(request: Request, registry: ModelRegistry, name: str | None) -> Engine:

@@ -35,6 +35,16 @@ class Settings(BaseSettings):
     max_n: int = Field(8, ge=1, description="largest n (choices) for /v1/generate")
     max_body_bytes: int = Field(8 * 2**20, ge=1024, description="largest request body; bigger ones get 413")
 
+    # performance
+    batching: bool = Field(True, description="merge concurrent score/perplexity/rank requests per model")
+    batch_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for more requests")
+    max_batch_texts: int = Field(64, ge=1, description="texts per merged engine call (a request is never split)")
+    max_queue: int = Field(256, ge=1, description="requests waiting per model; more get 503 with Retry-After")
+    state_cache_mb: float = Field(64.0, ge=0, description="recurrent-state cache per model for next-word and "
+                                                          "generate prompts, MiB; 0 = off")
+    quantize: Annotated[list[str], NoDecode] = Field(default_factory=list,
+                                                     description="`,`-separated models served as dynamic int8")
+
     # training jobs (used by the jobs API and the worker)
     data_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list,
                                                         description="`:`-separated corpus folders jobs may read")
@@ -49,6 +59,13 @@ class Settings(BaseSettings):
     def _split_roots(cls, value: object) -> object:
         if isinstance(value, str):
             return [part for part in value.split(":") if part.strip()]
+        return value
+
+    @field_validator("quantize", mode="before")
+    @classmethod
+    def _split_names(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
     @field_validator("api_key", mode="before")

@@ -42,7 +42,7 @@ def resolve_data(data: str, roots: list[Path]) -> Path:
     return path
 
 
-def check_names(body: JobRequest, settings: Settings, store_active: Job | None) -> None:
+def check_names(body: JobRequest, settings: Settings) -> None:
     """The result name must be free (or overwritable) and a distill job's teacher must exist."""
     checkpoints = Path(settings.checkpoints)
     if body.type == "distill" and not (checkpoints / body.teacher / CONFIG).is_file():
@@ -50,9 +50,6 @@ def check_names(body: JobRequest, settings: Settings, store_active: Job | None) 
                      "(GET /v1/models lists them)", "teacher")
     if body.name in settings.aliases:
         raise _error(409, "conflict", f"name: {body.name!r} is an alias; choose another name", "name")
-    if store_active is not None:
-        raise _error(409, "conflict", f"name: job {store_active.id} ({store_active.status}) is already "
-                     f"training {body.name!r}; cancel it first", "name")
     if (checkpoints / body.name).exists() and not body.overwrite:
         raise _error(409, "conflict", f"name: model {body.name!r} already exists; "
                      "pass \"overwrite\": true to replace it", "name")
@@ -85,9 +82,12 @@ def _get(store, job_id: str) -> Job:
 def submit_job(body: JobRequest, response: Response, settings: SettingsDep, store: JobStoreDep) -> JobCreated:
     """Queue a training or distillation job; a worker picks it up. The new model is served when it succeeds."""
     data = resolve_data(body.data, settings.data_roots)
-    check_names(body, settings, store.active_with_name(body.name))
+    check_names(body, settings)
     params = body.model_dump(exclude={"type", "name"}) | {"data": str(data)}
-    job = store.submit(body.type, body.name, params)
+    try:
+        job = store.submit(body.type, body.name, params)
+    except JobConflict as exc:
+        raise _error(409, "conflict", f"name: {exc}", "name") from None
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return JobCreated(id=job.id, status=job.status)
 

@@ -66,3 +66,48 @@ async def app(settings: Settings) -> AsyncIterator[FastAPI]:
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
         yield c
+
+
+# ---- training jobs (test_jobs_api.py, test_worker.py): a tiny corpus and a tiny teacher -------------
+JOB_TINY = dict(emb=16, hidden=16, layers=1, epochs=2, max_vocab=500, train_tokens=5000, valid_tokens=2000,
+                batch_size=16, bptt=20, dropout=0.0, seed=1)
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory: pytest.TempPathFactory, wikitext2: Path) -> Path:
+    """A data root holding `wt2-400`: the first 400 lines of WikiText-2 train and valid."""
+    root = tmp_path_factory.mktemp("data-root")
+    (root / "wt2-400").mkdir()
+    for split in ("train", "valid"):
+        lines = (wikitext2 / f"{split}.txt").read_text(encoding="utf-8").splitlines(keepends=True)[:400]
+        (root / "wt2-400" / f"{split}.txt").write_text("".join(lines), encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="session")
+def job_teacher(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Path:
+    """A model folder `teacher` trained for one tiny epoch (about a second)."""
+    from models.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("job-teacher")
+    train(TrainConfig(data=str(data_root / "wt2-400"), out=str(root / "teacher"), run_dir=str(root / "run"),
+                      **{**JOB_TINY, "epochs": 1}), progress=False)
+    return root / "teacher"
+
+
+@pytest.fixture
+def job_settings(tmp_path: Path, data_root: Path, job_teacher: Path) -> Settings:
+    """Settings for jobs: a checkpoint dir holding `teacher`, a fresh job database, the tiny data root."""
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    shutil.copytree(job_teacher, checkpoints / "teacher")
+    return Settings(checkpoints=checkpoints, jobs_db=tmp_path / "jobs" / "jobs.db", data_roots=[data_root],
+                    reload_interval_s=0.2, default_model="teacher")
+
+
+@pytest.fixture
+def tiny_job(data_root: Path):
+    """Job parameters (CLI flag names) for a tiny run on the data root's corpus, with overrides."""
+    def params(**overrides) -> dict:
+        return {"data": str(data_root / "wt2-400"), **JOB_TINY, **overrides}
+    return params

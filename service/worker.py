@@ -1,0 +1,345 @@
+"""The training worker: claims jobs from the job store and runs the trainer, never in a request.
+
+A job trains into its own run folder (`<jobs db dir>/runs/<job id>`: resumable run state plus
+the model being built) and the finished model is copied into the checkpoint dir atomically only
+when the job succeeds, where the API's registry watcher picks it up. So a served model is never
+replaced by a half-trained or cancelled one, and a job whose worker died resumes from its last
+finished epoch when a worker claims it again.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import REGISTRY, Counter, Gauge, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from models.errors import CheckpointError, RNNLMError, TrainingCancelled
+from models.train import EpochReport, TrainConfig, TrainResult
+from service.jobs import STATUSES, Job, JobStore
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CANCEL_CHECK_S = 1.0  # how often the training loop looks at the database between steps
+
+JOBS_FINISHED = Counter("rnnlm_worker_jobs", "Jobs this worker ended, by type and outcome "
+                        "(succeeded, failed, cancelled, released: handed back on shutdown, lost: taken over)",
+                        ["type", "outcome"])
+TRAINING_EPOCH = Gauge("rnnlm_training_epoch", "Last finished epoch of the current or last job", ["type"])
+TRAINING_LOSS = Gauge("rnnlm_training_loss", "Mean training loss of the last epoch (nats per token)", ["type"])
+TRAINING_TOKENS_PER_SECOND = Gauge("rnnlm_training_tokens_per_second", "Training throughput of the last epoch",
+                                   ["type"])
+TRAINING_VALID_PERPLEXITY = Gauge("rnnlm_training_valid_perplexity", "Validation perplexity after the last epoch",
+                                  ["type"])
+
+
+class JobCounts(Collector):
+    """`rnnlm_jobs{status}`: read from the database at scrape time, so every process agrees."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+
+    def describe(self):
+        return [GaugeMetricFamily("rnnlm_jobs", "Jobs in the job store by status", labels=["status"])]
+
+    def collect(self):
+        family = GaugeMetricFamily("rnnlm_jobs", "Jobs in the job store by status", labels=["status"])
+        counts = dict.fromkeys(STATUSES, 0)
+        if self.store.exists():  # never create the database just to report that it is empty
+            try:
+                counts = self.store.counts()
+            except Exception as exc:  # a scrape must not fail because the database is busy or broken
+                log.warning("cannot count jobs in %s: %s", self.store.path, exc)
+        for status, n in counts.items():
+            family.add_metric([status], n)
+        yield family
+
+
+def train_config(params: dict[str, Any], out: Path, run_dir: Path) -> TrainConfig:
+    """A TrainConfig from a job's parameters (the CLI flag names); unknown keys are ignored."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"out", "run_dir"}
+    kwargs = {k: v for k, v in params.items() if k in names and v is not None}
+    if kwargs.get("tie"):
+        kwargs["adaptive"] = False  # as on the command line: tied embeddings need the full softmax
+    return TrainConfig(out=str(out), run_dir=str(run_dir), **kwargs)
+
+
+def publish_model(src: Path, dst: Path) -> None:
+    """Copy a finished model folder to `dst` through a temporary sibling and a rename.
+
+    Same convention as models.checkpoint.save_model (`.NAME.tmp-*`, `.NAME.old-*`), so the
+    registry never loads a half-copied folder.
+    """
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+    try:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        for path in tmp.iterdir():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+        os.chmod(tmp, 0o755)
+        if dst.exists():
+            old = dst.parent / f".{dst.name}.old-{os.getpid()}-{time.monotonic_ns()}"
+            os.rename(dst, old)
+            os.rename(tmp, dst)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if isinstance(exc, (RNNLMError, ValueError, OSError)) else f"{type(exc).__name__}: {text}"
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+class JobRun:
+    """One attempt at one job: the trainer's callbacks, and a heartbeat thread for the slow parts
+    (evaluation, saving) where the trainer calls nothing back."""
+
+    def __init__(self, worker: Worker, job: Job) -> None:
+        self.worker, self.job, self.store = worker, job, worker.store
+        self.lost = threading.Event()       # the job was taken over by another worker
+        self.cancelled = False              # the user asked to cancel
+        self.first_epoch: int | None = None  # first epoch finished in this attempt (> 1: resumed)
+        self.progress: dict[str, Any] = {}  # as of the last epoch finished in this attempt
+        self.steps_since_epoch = 0
+        self._last_check = 0.0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"rnnlm-heartbeat-{job.id[:8]}", daemon=True)
+
+    def __enter__(self) -> JobRun:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=10)
+
+    def _beat(self) -> None:
+        while not self._done.wait(self.worker.heartbeat_s):
+            self._heartbeat()
+
+    def _heartbeat(self, progress: dict[str, Any] | None = None) -> None:
+        try:
+            beat = self.store.heartbeat(self.job.id, self.worker.id, progress)
+        except Exception as exc:  # a locked or vanished database: try again on the next beat
+            log.warning("job %s: heartbeat failed: %s", self.job.id, exc)
+            return
+        if not beat.owned and not self.lost.is_set():
+            log.warning("job %s was taken over by another worker (missed heartbeats); dropping it", self.job.id)
+            self.lost.set()
+        if beat.cancel_requested:
+            self.cancelled = True
+
+    def should_stop(self) -> bool:
+        """Called by the trainer before every step: cheap, touches the database at most once a second."""
+        self.steps_since_epoch += 1
+        now = time.monotonic()
+        if now - self._last_check >= CANCEL_CHECK_S:
+            self._last_check = now
+            self.worker.check_parent()
+            self._heartbeat(self._live_progress())
+        return self.cancelled or self.lost.is_set() or self.worker.stopping
+
+    def _live_progress(self) -> dict[str, Any] | None:
+        """Progress with the current step, when the step count at the last epoch is known."""
+        if self.first_epoch is None and (self.job.progress or {}).get("epoch"):
+            return None  # resumed, no epoch finished yet: the stored progress is the best we know
+        return {**self.progress, "step": self.progress.get("step", 0) + self.steps_since_epoch - 1}
+
+    def on_epoch(self, report: EpochReport) -> None:
+        if self.first_epoch is None:
+            self.first_epoch = report.epoch
+        self.steps_since_epoch = 0
+        self.progress = {
+            "epoch": report.epoch, "epochs": report.epochs, "step": report.step, "loss": _finite(report.loss),
+            "valid_ppl": _finite(report.valid_ppl), "best_valid_ppl": _finite(report.best_valid_ppl),
+            "tokens_per_s": _finite(report.tokens_per_s), "eta_s": _finite(report.eta_s), "lr": report.lr,
+            "resumed_from_epoch": self.first_epoch - 1, "attempt": self.job.attempts,
+        }
+        self._heartbeat(self.progress)
+        kind = self.job.type
+        TRAINING_EPOCH.labels(kind).set(report.epoch)
+        TRAINING_LOSS.labels(kind).set(report.loss)
+        TRAINING_TOKENS_PER_SECOND.labels(kind).set(report.tokens_per_s)
+        if report.valid_ppl is not None:
+            TRAINING_VALID_PERPLEXITY.labels(kind).set(report.valid_ppl)
+        vp = f"{report.valid_ppl:.2f}" if report.valid_ppl is not None else "n/a"
+        log.info("job %s (%s %s): epoch %d/%d, train loss %.3f, valid ppl %s, %.0f tok/s", self.job.id, kind,
+                 self.job.name, report.epoch, report.epochs, report.loss, vp, report.tokens_per_s)
+
+
+class Worker:
+    """Claims jobs one at a time until stopped (SIGTERM/SIGINT set `stop_event`)."""
+
+    def __init__(self, store: JobStore, checkpoints: str | Path, *, poll_interval_s: float = 1.0,
+                 worker_id: str | None = None, heartbeat_s: float | None = None,
+                 parent_pid: int | None = None) -> None:
+        self.store = store
+        self.checkpoints = Path(checkpoints)
+        self.poll_interval_s = poll_interval_s
+        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        # beat often enough that a live worker is never taken for dead
+        self.heartbeat_s = heartbeat_s or max(0.2, min(10.0, store.stale_after_s / 4))
+        self.parent_pid = parent_pid
+        self.stop_event = threading.Event()
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_event.is_set()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def check_parent(self) -> None:
+        """Started by `rnnlm serve --with-worker`: stop when that server is gone."""
+        if self.parent_pid is not None and os.getppid() != self.parent_pid:
+            if not self.stopping:
+                log.warning("parent process %d is gone; stopping", self.parent_pid)
+            self.stop()
+
+    def run(self, once: bool = False) -> int:
+        """Process jobs until stopped (or, with `once`, at most one job); returns how many were taken."""
+        log.info("worker %s: jobs from %s, models to %s", self.id, self.store.path, self.checkpoints)
+        taken = 0
+        while not self.stopping:
+            self.check_parent()
+            try:
+                job = self.store.claim(self.id)
+            except Exception as exc:  # e.g. database locked for longer than the busy timeout
+                log.warning("cannot claim a job: %s", exc)
+                job = None
+            if job is None:
+                if once:
+                    break
+                self.stop_event.wait(self.poll_interval_s)
+                continue
+            taken += 1
+            try:
+                self.run_job(job)
+            except Exception:  # the database failed us mid-job: the job is recovered once it goes stale
+                log.exception("job %s: could not record its outcome", job.id)
+            if once:
+                break
+        return taken
+
+    def run_job(self, job: Job) -> str:
+        """Run one claimed job to an outcome: succeeded, failed, cancelled, released or lost."""
+        run_dir = Path(job.run_dir) if job.run_dir else self.store.path.resolve().parent / "runs" / job.id
+        if not job.run_dir:
+            self.store.set_run_dir(job.id, self.id, str(run_dir))
+        resumed = " (resuming)" if (run_dir / "state" / "state.pt").exists() else ""
+        log.info("job %s: %s %r, attempt %d%s", job.id, job.type, job.name, job.attempts, resumed)
+        result, error, interrupted = None, None, False
+        with JobRun(self, job) as run:  # heartbeats until the trainer returns
+            try:
+                result = self._execute(job, run_dir, run)
+            except TrainingCancelled:
+                interrupted = True
+            except Exception as exc:
+                if not isinstance(exc, RNNLMError | ValueError | OSError):
+                    log.exception("job %s: unexpected error", job.id)
+                error = one_line(exc)
+            except BaseException:
+                self.store.release(job.id, self.id)  # e.g. KeyboardInterrupt: leave it to resume
+                raise
+        if interrupted:
+            outcome = self._interrupted(job, run)
+        elif error is not None:
+            outcome = self._end(job, run, "failed", error=error)
+        else:
+            outcome = self._end(job, run, "succeeded", result=result)
+        if outcome in ("succeeded", "failed", "cancelled"):
+            shutil.rmtree(run_dir, ignore_errors=True)  # nothing left to resume
+        JOBS_FINISHED.labels(job.type, outcome).inc()
+        log.info("job %s: %s", job.id, outcome)
+        return outcome
+
+    def _interrupted(self, job: Job, run: JobRun) -> str:
+        if run.lost.is_set():
+            return "lost"
+        if run.cancelled:
+            return self._end(job, run, "cancelled")
+        if self.store.release(job.id, self.id):
+            return "released"
+        return "lost"
+
+    def _end(self, job: Job, run: JobRun, status: str, *, result: dict | None = None, error: str | None = None) -> str:
+        if run.lost.is_set() or not self.store.finish(job.id, self.id, status, result=result, error=error):
+            log.warning("job %s: finished as %s but was no longer ours; not recorded", job.id, status)
+            return "lost"
+        if error:
+            log.warning("job %s failed: %s", job.id, error)
+        return status
+
+    def _execute(self, job: Job, run_dir: Path, run: JobRun) -> dict[str, Any]:
+        params = job.params
+        target = self.checkpoints / job.name
+        overwrite = bool(params.get("overwrite"))
+        if target.exists() and not overwrite:
+            raise CheckpointError(f"model {job.name!r} already exists in {self.checkpoints}; "
+                                  "submit with overwrite=true to replace it")
+        cfg = train_config(params, out=run_dir / "out" / job.name, run_dir=run_dir / "state")
+        # The staging folder belongs to this job alone: always resumable, always overwritable.
+        kwargs = dict(resume=True, overwrite=True, on_epoch=run.on_epoch, should_stop=run.should_stop,
+                      progress=False)
+        result: TrainResult
+        if job.type == "distill":
+            from models.distill import distill
+            result = distill(cfg, teacher=str(self.checkpoints / params["teacher"]),
+                             temperature=params.get("temperature") or 2.0,
+                             alpha=params["alpha"] if params.get("alpha") is not None else 0.5,
+                             kd_fraction=params.get("kd_fraction") or 1.0, **kwargs)
+        else:
+            from models.train import train
+            result = train(cfg, **kwargs)
+        if run.lost.is_set():
+            raise TrainingCancelled("taken over by another worker")
+        if target.exists() and not overwrite:  # shipped while this job was training
+            raise CheckpointError(f"model {job.name!r} appeared in {self.checkpoints} while training; "
+                                  "submit with overwrite=true to replace it")
+        publish_model(result.out, target)
+        return {"model": job.name, "epochs_run": result.epochs_run, "seconds": round(result.seconds, 2),
+                "valid_ppl": _finite(result.valid_ppl), "test_ppl": _finite(result.test_ppl),
+                "parameters": result.parameters}
+
+
+def run_worker(settings: Settings, *, once: bool = False, metrics_host: str = "127.0.0.1",
+               parent_pid: int | None = None) -> int:
+    """`rnnlm worker`: claim and run jobs until SIGTERM/SIGINT, which hand the running job back to the queue."""
+    store = JobStore(settings.jobs_db, stale_after_s=settings.job_stale_after_s)
+    worker = Worker(store, settings.checkpoints, poll_interval_s=settings.worker_poll_interval_s,
+                    parent_pid=parent_pid)
+
+    def on_signal(signum: int, frame: object) -> None:
+        log.info("worker %s: %s received, stopping after the current step", worker.id, signal.Signals(signum).name)
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if settings.worker_metrics_port:
+        REGISTRY.register(JobCounts(store))
+        start_http_server(settings.worker_metrics_port, addr=metrics_host)
+        log.info("worker metrics on http://%s:%d/metrics", metrics_host, settings.worker_metrics_port)
+    worker.run(once=once)
+    return 0

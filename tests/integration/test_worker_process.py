@@ -1,0 +1,154 @@
+"""Real processes: `rnnlm serve --with-worker` end to end over HTTP, and a SIGKILLed worker's job resuming."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from models.checkpoint import read_config
+from service.jobs import JobStore
+
+TINY = dict(emb=16, hidden=16, layers=1, epochs=2, max_vocab=500, train_tokens=5000, valid_tokens=2000,
+            batch_size=16, bptt=20, dropout=0.0, seed=1)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory, wikitext2: Path) -> Path:
+    root = tmp_path_factory.mktemp("data-root")
+    (root / "wt2-400").mkdir()
+    for split in ("train", "valid"):
+        lines = (wikitext2 / f"{split}.txt").read_text(encoding="utf-8").splitlines(keepends=True)[:400]
+        (root / "wt2-400" / f"{split}.txt").write_text("".join(lines), encoding="utf-8")
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env(**settings: str) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RNNLM_")}
+    return {**base, "OMP_NUM_THREADS": "1", **{f"RNNLM_{k.upper()}": v for k, v in settings.items()}}
+
+
+def rnnlm(*args: str) -> list[str]:
+    return [sys.executable, "-m", "service.cli", *args]
+
+
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process exited ({proc.returncode}) while waiting for {what}:\n"
+                                 + (log.read_text() if log else ""))
+        try:
+            value = predicate()
+        except httpx.HTTPError:
+            value = None
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}\n" + (log.read_text()[-4000:] if log else ""))
+
+
+def children(pid: int) -> list[int]:
+    """Live child processes of `pid` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_serve_with_worker_trains_and_serves_a_new_model(tmp_path, data_root):
+    port, metrics_port = free_port(), free_port()
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    log = tmp_path / "serve.log"
+    proc_env = env(data_roots=str(data_root), reload_interval_s="0.5", worker_poll_interval_s="0.2",
+                   worker_metrics_port=str(metrics_port))
+    with open(log, "w") as out:
+        proc = subprocess.Popen(rnnlm("serve", "--port", str(port), "--checkpoints", str(checkpoints),
+                                      "--jobs-db", str(tmp_path / "jobs.db"), "--with-worker", "--threads", "1"),
+                                env=proc_env, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: httpx.get(f"{base}/health").status_code == 200, 60, "the server", proc, log)
+        body = {"type": "train", "name": "fresh", "data": str(data_root / "wt2-400"), **TINY}
+        r = httpx.post(f"{base}/v1/jobs", json=body)
+        assert r.status_code == 202, r.text
+        job_url = f"{base}/v1/jobs/{r.json()['id']}"
+        job = wait_for(lambda: (j := httpx.get(job_url).json())["status"] in ("succeeded", "failed", "cancelled")
+                       and j, 120, "the job", proc, log)
+        assert job["status"] == "succeeded", job["error"]
+        wait_for(lambda: httpx.get(f"{base}/v1/models/fresh").status_code == 200, 30, "the new model", proc, log)
+        r = httpx.post(f"{base}/v1/score", json={"model": "fresh", "texts": ["The game was released ."]})
+        assert r.status_code == 200, r.text
+        assert r.json()["model"] == "fresh" and r.json()["results"][0]["num_tokens"] > 0
+        worker_metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text  # the worker's own exporter
+        assert 'rnnlm_worker_jobs_total{outcome="succeeded",type="train"} 1.0' in worker_metrics
+        assert 'rnnlm_jobs{status="succeeded"} 1.0' in worker_metrics
+        assert 'rnnlm_training_epoch{type="train"} 2.0' in worker_metrics
+        workers = children(proc.pid)
+        assert len(workers) == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status reports the signal
+    assert proc.returncode in (0, -signal.SIGTERM), log.read_text()
+    assert "stopping after the current step" in log.read_text()  # the worker got SIGTERM from the server
+    assert children(proc.pid) == [] and not Path(f"/proc/{workers[0]}").exists()  # the worker went with it
+
+
+def test_sigkilled_worker_job_resumes_from_its_last_epoch(tmp_path, data_root):
+    db, checkpoints = tmp_path / "jobs.db", tmp_path / "checkpoints"
+    store = JobStore(db)
+    epochs = 8
+    job = store.submit("train", "phoenix", {"data": str(data_root / "wt2-400"), **TINY, "emb": 32, "hidden": 32,
+                                            "train_tokens": 15000, "epochs": epochs, "patience": 100})
+    worker = rnnlm("worker", "--checkpoints", str(checkpoints), "--jobs-db", str(db), "--poll-interval", "0.1",
+                   "--stale-after", "1", "--threads", "1")
+    first_log = tmp_path / "first.log"
+    with open(first_log, "w") as out:
+        first = subprocess.Popen(worker, env=env(), stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: (store.get(job.id).progress or {}).get("epoch"), 90, "the first epoch", first, first_log)
+    finally:
+        first.kill()  # SIGKILL: no chance to hand the job back
+        first.wait()
+    killed = store.get(job.id)
+    assert killed.status == "running", "the worker should have died mid-job"
+    done_epochs = killed.progress["epoch"]
+    assert done_epochs < epochs, "the job finished before the kill; make it longer"
+    time.sleep(1.5)  # the dead worker's heartbeat goes stale
+
+    second = subprocess.run([*worker, "--once"], env=env(), capture_output=True, text=True, timeout=180)
+    assert second.returncode == 0, second.stderr
+    done = store.get(job.id)
+    assert done.status == "succeeded", (done.error, second.stderr)
+    assert (done.attempts, done.recoveries) == (2, 1)
+    resumed_from = done.progress["resumed_from_epoch"]
+    assert resumed_from >= done_epochs >= 1  # state is saved before progress is, so it may be one ahead
+    assert "(resuming)" in second.stderr
+    assert "epoch 1/" not in second.stderr  # the new worker never trained epoch 1 again
+    assert f"epoch {resumed_from + 1}/{epochs}" in second.stderr
+    assert done.result["epochs_run"] == epochs
+    history = read_config(checkpoints / "phoenix")["history"]
+    assert [h["epoch"] for h in history] == list(range(1, len(history) + 1))

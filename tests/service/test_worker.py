@@ -1,0 +1,223 @@
+"""The job store and the worker in-process: atomic claims, stale-job recovery, resume, outcomes, metrics."""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY
+
+from models.checkpoint import read_config
+from service.jobs import MAX_RECOVERIES, JobConflict, JobStore
+from service.settings import Settings
+from service.worker import JobCounts, JobRun, Worker
+
+
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def store(job_settings: Settings) -> JobStore:
+    return JobStore(job_settings.jobs_db, stale_after_s=30)
+
+
+@pytest.fixture
+def worker(store: JobStore, job_settings: Settings) -> Worker:
+    return Worker(store, job_settings.checkpoints, poll_interval_s=0.05, worker_id="w1")
+
+
+def test_database_is_wal_and_created_on_first_use(tmp_path):
+    store = JobStore(tmp_path / "sub" / "jobs.db")
+    assert not store.exists()  # constructing a store (as create_app does) creates nothing
+    store.submit("train", "m", {"data": "x"})
+    assert store.exists()
+    import sqlite3
+    with sqlite3.connect(store.path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_concurrent_workers_never_claim_the_same_job(tmp_path):
+    path = tmp_path / "jobs.db"
+    ids = {JobStore(path).submit("train", f"m{i}", {"i": i}).id for i in range(4)}
+    claimed: list[tuple[str, str]] = []
+    lock, start = threading.Lock(), threading.Barrier(6)
+
+    def claimer(worker_id: str) -> None:
+        own = JobStore(path)  # each worker with its own connections, as separate processes would be
+        start.wait()
+        while (job := own.claim(worker_id)) is not None:
+            with lock:
+                claimed.append((job.id, worker_id))
+
+    threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(job_id for job_id, _ in claimed) == sorted(ids)  # each job exactly once
+    store = JobStore(path)
+    for job_id, worker_id in claimed:
+        job = store.get(job_id)
+        assert (job.status, job.worker_id, job.attempts) == ("running", worker_id, 1)
+
+
+def test_claim_takes_the_oldest_job_first(tmp_path):
+    store = JobStore(tmp_path / "jobs.db")
+    first = store.submit("train", "a", {})
+    store.submit("train", "b", {})
+    assert store.claim("w").id == first.id
+
+
+def test_stale_job_is_requeued_and_the_old_worker_is_fenced_off(tmp_path):
+    store = JobStore(tmp_path / "jobs.db", stale_after_s=0.2)
+    job = store.submit("train", "m", {})
+    first = store.claim("dead")
+    assert first.id == job.id
+    assert store.claim("other") is None  # still fresh: not taken
+    time.sleep(0.3)  # "dead" stops heartbeating
+    again = store.claim("alive")
+    assert (again.id, again.worker_id, again.attempts, again.recoveries) == (job.id, "alive", 2, 1)
+    assert again.started_at == first.started_at
+    assert not store.heartbeat(job.id, "dead").owned  # the zombie learns it lost the job ...
+    assert not store.finish(job.id, "dead", "succeeded")  # ... and cannot record an outcome
+    assert store.heartbeat(job.id, "alive").owned
+    assert store.finish(job.id, "alive", "succeeded", result={"model": "m"})
+    assert store.get(job.id).status == "succeeded"
+
+
+def test_job_whose_worker_keeps_dying_is_failed_not_looped(tmp_path):
+    store = JobStore(tmp_path / "jobs.db", stale_after_s=0.05)
+    job = store.submit("train", "m", {})
+    for i in range(MAX_RECOVERIES + 1):
+        assert store.claim(f"w{i}").id == job.id
+        time.sleep(0.1)
+    assert store.claim("last") is None
+    failed = store.get(job.id)
+    assert failed.status == "failed" and "died" in failed.error
+
+
+def test_stale_job_with_a_cancel_request_ends_cancelled(tmp_path):
+    store = JobStore(tmp_path / "jobs.db", stale_after_s=0.05)
+    job = store.submit("train", "m", {})
+    store.claim("w")
+    assert store.cancel(job.id).cancel_requested
+    time.sleep(0.1)
+    assert store.claim("w2") is None
+    assert store.get(job.id).status == "cancelled"
+
+
+def test_cancel_rules(tmp_path):
+    store = JobStore(tmp_path / "jobs.db")
+    queued = store.submit("train", "a", {})
+    assert store.cancel(queued.id).status == "cancelled"  # at once
+    with pytest.raises(JobConflict):
+        store.cancel(queued.id)
+    running = store.submit("train", "b", {})
+    store.claim("w")
+    after = store.cancel(running.id)
+    assert (after.status, after.cancel_requested) == ("running", True)
+    assert store.heartbeat(running.id, "w").cancel_requested
+
+
+def test_worker_trains_publishes_and_reports(store, worker, job_settings, tiny_job):
+    job = store.submit("train", "fresh", tiny_job())
+    assert worker.run(once=True) == 1
+    done = store.get(job.id)
+    assert done.status == "succeeded", done.error
+    assert done.result["model"] == "fresh" and done.result["epochs_run"] == 2
+    assert done.progress["epoch"] == 2 and done.progress["resumed_from_epoch"] == 0
+    assert done.progress["step"] > 0 and done.progress["valid_ppl"] > 1
+    meta = read_config(job_settings.checkpoints / "fresh")
+    assert meta["name"] == "fresh" and meta["provenance"]["train_config"]["emb"] == 16
+    assert not Path(done.run_dir).exists()  # run state is removed once nothing can resume it
+    assert worker.run(once=True) == 0  # empty queue: --once returns at once
+    assert REGISTRY.get_sample_value("rnnlm_worker_jobs_total", {"type": "train", "outcome": "succeeded"}) >= 1
+    assert REGISTRY.get_sample_value("rnnlm_training_epoch", {"type": "train"}) == 2
+    assert REGISTRY.get_sample_value("rnnlm_training_valid_perplexity", {"type": "train"}) > 1
+    families = list(JobCounts(store).collect())
+    counts = {s.labels["status"]: s.value for s in families[0].samples}
+    assert counts["succeeded"] == 1 and counts["queued"] == 0
+
+
+def test_failure_is_one_line_and_the_worker_goes_on(store, worker, job_settings, tiny_job, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "train.txt").write_bytes(b"\x00\x01binary")
+    bad = store.submit("train", "bad", tiny_job(data=str(broken)))
+    good = store.submit("train", "good", tiny_job(epochs=1))
+    thread = threading.Thread(target=worker.run)  # the loop, as `rnnlm worker` runs it
+    thread.start()
+    wait_for(lambda: store.get(good.id).finished, 60, "the second job")
+    worker.stop()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    failed = store.get(bad.id)
+    assert failed.status == "failed" and "binary" in failed.error and "\n" not in failed.error
+    assert store.get(good.id).status == "succeeded"
+    assert not (job_settings.checkpoints / "bad").exists()
+
+
+def test_name_taken_meanwhile_fails_without_touching_the_model(store, worker, job_settings, tiny_job):
+    job = store.submit("train", "teacher", tiny_job())
+    before = (job_settings.checkpoints / "teacher" / "model.safetensors").read_bytes()
+    worker.run(once=True)
+    failed = store.get(job.id)
+    assert failed.status == "failed" and "already exists" in failed.error
+    assert (job_settings.checkpoints / "teacher" / "model.safetensors").read_bytes() == before
+
+
+def test_distill_job_records_its_teacher(store, worker, job_settings, tiny_job):
+    params = tiny_job(max_vocab=None, teacher="teacher", temperature=2.0, alpha=0.5, kd_fraction=1.0)
+    job = store.submit("distill", "pupil", params)
+    worker.run(once=True)
+    assert store.get(job.id).status == "succeeded", store.get(job.id).error
+    provenance = read_config(job_settings.checkpoints / "pupil")["provenance"]
+    assert provenance["teacher"] == "teacher" and provenance["distillation"]["alpha"] == 0.5
+
+
+def test_stopped_worker_hands_the_job_back_and_it_resumes(store, job_settings, tiny_job, monkeypatch):
+    job = store.submit("train", "long", tiny_job(epochs=8, patience=100))
+    first = Worker(store, job_settings.checkpoints, poll_interval_s=0.05, worker_id="first")
+    thread = threading.Thread(target=first.run)
+    thread.start()
+    wait_for(lambda: (store.get(job.id).progress or {}).get("epoch", 0) >= 2, 60, "two epochs")
+    first.stop()  # what SIGTERM does
+    thread.join(timeout=30)
+    released = store.get(job.id)
+    assert released.status == "queued" and released.worker_id is None
+    stopped_at = released.progress["epoch"]
+    assert stopped_at < 8, "the job finished before the worker was stopped; make it longer"
+    assert not (job_settings.checkpoints / "long").exists()  # nothing is published before success
+
+    epochs_seen = []
+    on_epoch = JobRun.on_epoch
+
+    def spy(self, report):
+        epochs_seen.append(report.epoch)
+        on_epoch(self, report)
+    monkeypatch.setattr(JobRun, "on_epoch", spy)
+    Worker(store, job_settings.checkpoints, poll_interval_s=0.05, worker_id="second").run(once=True)
+    done = store.get(job.id)
+    assert done.status == "succeeded" and done.attempts == 2
+    assert epochs_seen == list(range(stopped_at + 1, 9))  # continued after the last saved epoch
+    assert done.progress["resumed_from_epoch"] == stopped_at
+    assert done.result["epochs_run"] == 8
+    history = read_config(job_settings.checkpoints / "long")["history"]  # up to the best epoch
+    assert [h["epoch"] for h in history] == list(range(1, len(history) + 1)) and len(history) > stopped_at
+
+
+def test_one_active_job_per_model_name(tmp_path):
+    store = JobStore(tmp_path / "jobs.db")
+    job = store.submit("train", "m", {})
+    with pytest.raises(JobConflict):
+        store.submit("distill", "m", {})
+    store.cancel(job.id)
+    assert store.submit("train", "m", {}).status == "queued"  # fine once the first one has ended
