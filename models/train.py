@@ -21,6 +21,7 @@ from tqdm import tqdm
 from models.checkpoint import load_model, read_config, save_model
 from models.data import Corpus, Stream, batchify, load_corpus, num_windows, tbptt_windows
 from models.errors import CheckpointError, DataError, TrainingCancelled
+from models.distributed import World
 from models.evaluate import evaluate_stream
 from models.rnnlm import RNNLM, ModelConfig, detach_state
 from models.tokenizer import Tokenizer, Vocab
@@ -114,9 +115,10 @@ class TrainResult:
 class Batches:
     """Batchified train stream plus the per-step title contexts (with context dropout)."""
 
-    def __init__(self, stream: Stream, batch_size: int, bptt: int) -> None:
-        self.ids = batchify(stream.ids, batch_size)
-        self.titles = batchify(stream.titles, batch_size)
+    def __init__(self, stream: Stream, batch_size: int, bptt: int, world: World = World()) -> None:
+        # with several ranks, each takes its own `batch_size` rows of the same batchified stream
+        self.ids = world.rows(batchify(stream.ids, batch_size * world.size), batch_size)
+        self.titles = world.rows(batchify(stream.titles, batch_size * world.size), batch_size)
         self.table = stream.title_table()
         self.bptt = bptt
         self.tokens = self.ids.numel()
@@ -191,11 +193,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     corpus = load_corpus(cfg.data, vocab=vocab, max_vocab=cfg.max_vocab, titles=cfg.context or objective.titles,
                          train_tokens=cfg.train_tokens, valid_tokens=cfg.valid_tokens)
     tokenizer = Tokenizer(corpus.vocab, cfg.style)
+    world = World.from_env()
     torch.manual_seed(cfg.seed)
-    model = RNNLM(cfg.model_config(len(corpus.vocab)))
+    model = RNNLM(cfg.model_config(len(corpus.vocab)))  # the same initial weights on every rank
     opt = _make_optimizer(cfg, model)
     sched = _make_scheduler(cfg, opt)
-    batches = Batches(corpus.train, cfg.batch_size, cfg.bptt)
+    batches = Batches(corpus.train, cfg.batch_size, cfg.bptt, world)
+    progress = progress and world.main
 
     start_epoch, best, bad_epochs, history, best_state, seconds = 1, math.inf, 0, [], None, 0.0
     if resume:
@@ -210,6 +214,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         start_epoch, best, bad_epochs = saved["epoch"] + 1, saved["best"], saved["bad_epochs"]
         history, seconds = saved["history"], saved["seconds"]
         best_state = saved.get("best_model")
+    if world.size > 1:
+        torch.manual_seed(cfg.seed + 1000 * start_epoch + world.rank)  # different dropout masks per rank
     run_dir.mkdir(parents=True, exist_ok=True)
 
     step = sum(h["steps"] for h in history)
@@ -235,6 +241,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
             loss = objective(model, feats, inputs, targets, titles)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            world.average_gradients(model.parameters())
             if cfg.clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
             opt.step()
@@ -265,15 +272,17 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                         "valid_ppl": valid_ppl, "seconds": round(time.perf_counter() - t0, 2),
                         "lr": opt.param_groups[0]["lr"]})
         stopped_early = bad_epochs >= cfg.patience
-        if improved:
+        if improved and world.main:
             _write_model(model, best_state, tokenizer, out, cfg, corpus, history, seconds, provenance)
-        _atomic_torch_save({
-            "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict() if sched is not None else None, "rng": torch.get_rng_state(),
-            "best": best, "bad_epochs": bad_epochs, "history": history, "seconds": seconds,
-            "best_model": best_state, "model_config": model.config.to_dict(),
-        }, state_path)
-        tokens_per_s = batches.tokens / max(train_seconds, 1e-9)
+        if world.main:
+            _atomic_torch_save({
+                "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict() if sched is not None else None, "rng": torch.get_rng_state(),
+                "best": best, "bad_epochs": bad_epochs, "history": history, "seconds": seconds,
+                "best_model": best_state, "model_config": model.config.to_dict(),
+            }, state_path)
+        world.barrier()
+        tokens_per_s = world.size * batches.tokens / max(train_seconds, 1e-9)
         remaining = 0 if stopped_early else cfg.epochs - epoch
         if progress:
             vp = f"{valid_ppl:.2f}" if valid_ppl is not None else "n/a"
@@ -287,7 +296,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
 
     if best_state is None:
         raise DataError("training produced no model (no epoch finished)")
+    if not world.main:
+        world.barrier()  # rank 0 finalises the model folder
+        return TrainResult(out, epoch, seconds, best, None, model.num_parameters(), history)
     test_ppl = finalize(out, corpus)
+    world.barrier()
     meta = read_config(out)
     return TrainResult(out, epoch, seconds, meta["metrics"].get("valid_ppl"), test_ppl,
                        meta["parameters"], history)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -203,7 +204,8 @@ def _summary(result) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     from models.train import train
     result = train(_train_config(args), resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
-    print(_summary(result))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+        print(_summary(result))
     return 0
 
 
@@ -213,7 +215,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
         raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}")
     result = distill(_train_config(args), teacher=args.teacher, temperature=args.temperature, alpha=args.alpha,
                      kd_fraction=args.kd_fraction, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
-    print(_summary(result))
+    if os.environ.get("RANK", "0") == "0":
+        print(_summary(result))
     return 0
 
 
