@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -17,13 +17,19 @@ from torch import Tensor
 
 from models.checkpoint import LoadedModel
 from models.errors import InputError
+from models.quantize import quantize_int8
 from models.rnnlm import State
+from models.state_cache import Listener, StateCache
 from models.tokenizer import EOS, UNK, detokenize
 
 _PARTIAL_WORD = re.compile(r"(\w+)$")
+# A scoring batch holds lengths within 80-100 % of its longest, once it has 16 rows (a micro-batch of
+# a few texts stays one batch: a bigger batch is worth some padding). Tuned with bench/scoring.py.
+BUCKET_SPREAD = 0.8
+MIN_BUCKET_ROWS = 16
 
 
-@dataclass
+@dataclass(slots=True)
 class TokenScore:
     token: str
     logprob: float
@@ -109,14 +115,28 @@ class StreamEvent:
 
 
 class Engine:
-    """Runs one loaded model; thread-safe for concurrent calls (no mutable state between calls)."""
+    """Runs one loaded model; thread-safe for concurrent calls.
 
-    def __init__(self, loaded: LoadedModel, max_batch_tokens: int = 16384) -> None:
+    The only state kept between calls is the recurrent-state cache of next-word and generation
+    prompts (`state_cache`, bounded by `state_cache_bytes`, 0 = off), which is locked. It lives
+    here, so a reloaded model starts with an empty one. `quantize="int8"` swaps nn.Linear and
+    nn.LSTM/GRU for dynamically quantised int8 versions: faster on CPU, slightly different scores,
+    and a text's score then depends a little on the other texts in its batch (activation scales
+    are chosen per batch; bench/quantize.py measures both).
+    """
+
+    def __init__(self, loaded: LoadedModel, max_batch_tokens: int = 16384, state_cache_bytes: int = 64 * 2**20,
+                 cache_listener: Listener | None = None, quantize: str | None = None) -> None:
+        if quantize not in (None, "int8"):
+            raise ValueError(f"unknown quantisation {quantize!r}; expected 'int8' or None")
         self.loaded = loaded
-        self.model = loaded.model.eval()
+        self.parameters = loaded.model.num_parameters()
+        self.quantized = quantize
+        self.model = (quantize_int8(loaded.model) if quantize == "int8" else loaded.model).eval()
         self.tokenizer = loaded.tokenizer
         self.vocab = loaded.tokenizer.vocab
         self.max_batch_tokens = max_batch_tokens
+        self.state_cache = StateCache(state_cache_bytes, cache_listener)
         words = sorted((w, i) for i, w in enumerate(self.vocab.itos) if w not in (UNK, EOS))
         self._sorted_words = [w for w, _ in words]
         self._sorted_ids = [i for _, i in words]
@@ -133,19 +153,26 @@ class Engine:
     def info(self) -> dict:
         c = self.model.config
         meta = self.loaded.meta
-        return {"name": self.name, "arch": c.arch, "parameters": self.model.num_parameters(),
+        return {"name": self.name, "arch": c.arch, "parameters": self.parameters,
                 "vocab_size": c.vocab_size, "emb": c.emb, "hidden": c.hidden, "layers": c.layers,
-                "adaptive_softmax": c.adaptive, "context": c.context, "dtype": meta.get("dtype"),
+                "adaptive_softmax": c.adaptive, "context": c.context,
+                "dtype": "int8 (dynamic)" if self.quantized else meta.get("dtype"),
                 "tokenizer": self.tokenizer.style, "metrics": meta.get("metrics", {}),
                 "provenance": meta.get("provenance", {}), "path": str(self.loaded.path or "")}
 
     # ---- context -------------------------------------------------------------------------------
-    def _context(self, context: str | None, batch: int) -> Tensor | None:
-        """[batch, emb] topic vectors, or None when there is no topic or the model takes none."""
+    def _context_ids(self, context: str | None) -> tuple[int, ...] | None:
+        """The topic's token ids, or None when there is no topic or the model takes none."""
         if not context or not context.strip() or not self.supports_context:
             return None
-        ids = torch.tensor(self.tokenizer.encode(context).ids, dtype=torch.long)
-        vector = self.model.context_vector(ids, torch.zeros(1, dtype=torch.long))
+        return tuple(self.tokenizer.encode(context).ids)
+
+    def _context(self, context: str | None, batch: int) -> Tensor | None:
+        """[batch, emb] topic vectors, or None when there is no topic or the model takes none."""
+        ids = self._context_ids(context)
+        if ids is None:
+            return None
+        vector = self.model.context_vector(torch.tensor(ids, dtype=torch.long), torch.zeros(1, dtype=torch.long))
         return vector.expand(batch, -1)
 
     def context_used(self, context: str | None) -> bool:
@@ -165,59 +192,78 @@ class Engine:
         logprobs = self._target_logprobs(targets, context)
         results = []
         for text, enc, lp in zip(texts, encoded, logprobs):
-            names = enc.tokens + ([EOS] if add_eos else [])
-            oov = enc.oov + ([False] if add_eos else [])
+            names = enc.tokens + [EOS] if add_eos else enc.tokens
+            oov = enc.oov + [False] if add_eos else enc.oov
             total = float(sum(lp))
             n = len(lp)
             results.append(TextScore(text, total, n, math.exp(-total / n) if n else float("nan"),
-                                     sum(enc.oov), [TokenScore(t, float(p), o) for t, p, o in zip(names, lp, oov)]))
+                                     sum(enc.oov), list(map(TokenScore, names, lp, oov))))
         return results
 
     def _target_logprobs(self, targets: list[list[int]], context: str | None) -> list[list[float]]:
-        """Per-token log-probs for many sequences: sorted by length, packed, batched by token budget."""
-        order = sorted(range(len(targets)), key=lambda i: len(targets[i]), reverse=True)
+        """Per-token log-probs for many sequences.
+
+        Sorted by length and cut into buckets of similar length (BUCKET_SPREAD, MIN_BUCKET_ROWS; at
+        most `max_batch_tokens` padded tokens), so padding stays small. Each bucket runs as one
+        padded batch through the fused recurrent kernel: the RNN is causal, so padding after a
+        row's end never changes that row's outputs. Only real positions reach the output layer.
+        Tensors are built from one flat list per bucket and split back with one `tolist()`.
+        """
+        order = sorted((i for i in range(len(targets)) if targets[i]), key=lambda i: len(targets[i]), reverse=True)
         out: list[list[float]] = [[] for _ in targets]
+        ctx = self._context(context, 1)
+        eos = self.vocab.eos
         start = 0
         while start < len(order):
-            longest = max(len(targets[order[start]]), 1)
-            size = max(1, min(len(order) - start, self.max_batch_tokens // longest))
-            batch = order[start:start + size]
-            start += size
-            lengths = torch.tensor([len(targets[i]) for i in batch])
-            if int(lengths.max()) == 0:
-                continue
-            tgt = torch.full((len(batch), int(lengths.max())), self.vocab.eos, dtype=torch.long)
-            for row, i in enumerate(batch):
-                tgt[row, : len(targets[i])] = torch.tensor(targets[i], dtype=torch.long)
-            inputs = torch.cat([torch.full((len(batch), 1), self.vocab.eos), tgt[:, :-1]], dim=1)
-            feats, _ = self.model.features(inputs, None, self._context(context, len(batch)),
-                                           lengths=lengths.clamp(min=1))
-            mask = torch.arange(tgt.shape[1])[None, :] < lengths[:, None]
-            logp = torch.zeros(tgt.shape)
-            logp[mask] = self.model.target_log_probs(feats[mask], tgt[mask])
-            for row, i in enumerate(batch):
-                out[i] = logp[row, : len(targets[i])].tolist()
+            longest = len(targets[order[start]])
+            end = start + 1
+            limit = min(len(order), start + max(1, self.max_batch_tokens // longest))
+            while end < limit and (end - start < MIN_BUCKET_ROWS
+                                   or len(targets[order[end]]) >= BUCKET_SPREAD * longest):
+                end += 1
+            batch = order[start:end]
+            start = end
+            lens = [len(targets[i]) for i in batch]
+            flat = torch.tensor([t for i in batch for t in targets[i]], dtype=torch.long)
+            mask = torch.arange(longest)[None, :] < torch.tensor(lens)[:, None]  # row-major = `flat` order
+            tgt = torch.full((len(batch), longest), eos, dtype=torch.long)
+            tgt[mask] = flat
+            inputs = torch.cat([torch.full((len(batch), 1), eos), tgt[:, :-1]], dim=1)
+            feats, _ = self.model.features(inputs, None, ctx.expand(len(batch), -1) if ctx is not None else None)
+            logp = self.model.target_log_probs(feats[mask], flat).tolist()
+            pos = 0
+            for i, n in zip(batch, lens):
+                out[i] = logp[pos:pos + n]
+                pos += n
         return out
 
     def perplexity(self, texts: list[str], context: str | None = None) -> CorpusScore:
-        results = self.score(texts, add_eos=True, context=context)
-        nll = -sum(r.logprob for r in results)
-        n = sum(r.num_tokens for r in results)
-        return CorpusScore(math.exp(nll / n), n, nll, results)
+        return corpus_score(self.score(texts, add_eos=True, context=context))
 
     def rank(self, candidates: list[str], context: str | None = None) -> list[TextScore]:
         """Candidates best first by total log-probability (n-best rescoring, grammar choice)."""
         if not candidates:
             raise InputError("candidates must not be empty", "candidates")
-        scores = self.score(candidates, add_eos=True, context=context)
-        return sorted(scores, key=lambda s: s.logprob, reverse=True)
+        return rank_scores(self.score(candidates, add_eos=True, context=context))
 
     # ---- next word -----------------------------------------------------------------------------
-    def _prefix_state(self, ids: list[int], context: Tensor | None) -> tuple[Tensor, State]:
-        """Feature of the last position and the state after reading <eos> + ids."""
-        inputs = torch.tensor([[self.vocab.eos] + ids], dtype=torch.long)
-        feats, state = self.model.features(inputs, None, context)
-        return feats[:, -1], state
+    def _prefix_state(self, ids: list[int], context: str | None) -> tuple[Tensor, State]:
+        """Feature of the last position ([1, D]) and the state after reading <eos> + ids.
+
+        Starts from the longest prefix of `ids` in the state cache, so only the new tokens are read.
+        """
+        key = self._context_ids(context)
+        cached = self.state_cache.lookup(key, ids)
+        if cached is not None and cached.length == len(ids):
+            return cached.feature, cached.state
+        if cached is None:
+            new, state = [self.vocab.eos] + ids, None
+        else:
+            new, state = ids[cached.length:], cached.state
+        feats, state = self.model.features(torch.tensor([new], dtype=torch.long), state, self._context(context, 1))
+        feat = feats[:, -1].clone()  # not a view: the cache must not pin the whole [1, T, D] tensor
+        self.state_cache.store(key, ids, feat, state)
+        return feat, state
 
     @torch.inference_mode()
     def next_word(self, text: str, k: int = 5, context: str | None = None) -> NextWord:
@@ -230,7 +276,7 @@ class Engine:
             prefix = match.group(1)
             text = text[: match.start()]
         ids = self.tokenizer.encode(text).ids
-        feat, _ = self._prefix_state(ids, self._context(context, 1))
+        feat, _ = self._prefix_state(ids, context)
         probs = self.model.log_probs(feat)[0].exp()
         if prefix is None:
             probs[self._banned] = 0.0
@@ -272,7 +318,7 @@ class Engine:
         gen = torch.Generator().manual_seed(params.seed if params.seed is not None else torch.seed())
         n = params.n
         ctx = self._context(context, n)
-        feat, state = self._prefix_state(self.tokenizer.encode(prompt).ids, ctx[:1] if ctx is not None else None)
+        feat, state = self._prefix_state(self.tokenizer.encode(prompt).ids, context)
         feat = feat.expand(n, -1)
         state = tuple(s.expand(-1, n, -1).contiguous() for s in state) if isinstance(state, tuple) \
             else state.expand(-1, n, -1).contiguous()
@@ -322,3 +368,15 @@ class Engine:
             sorted_logits[drop] = -math.inf
             logits = torch.full_like(logits, -math.inf).scatter(1, idx, sorted_logits)
         return torch.multinomial(logits.softmax(dim=-1), 1, generator=gen).squeeze(1)
+
+
+def corpus_score(results: Sequence[TextScore]) -> CorpusScore:
+    """Perplexity over all tokens of all scored texts (each text's own scores kept)."""
+    nll = -sum(r.logprob for r in results)
+    n = sum(r.num_tokens for r in results)
+    return CorpusScore(math.exp(nll / n) if n else float("nan"), n, nll, list(results))
+
+
+def rank_scores(scores: Sequence[TextScore]) -> list[TextScore]:
+    """Best first by total log-probability (stable for ties)."""
+    return sorted(scores, key=lambda s: s.logprob, reverse=True)

@@ -9,6 +9,7 @@ as its whitespace split; attached curly quotes become ASCII (stand-alone ones ar
 """
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 
@@ -76,12 +77,18 @@ def _pad(match: re.Match[str]) -> str:
     return f" {text} "
 
 
-def _split_chunk(chunk: str, previous: str, ptb: bool) -> list[str]:
+def _split_chunk(chunk: str, previous: str, ptb: bool) -> tuple[str, ...]:
     """Tokenise one whitespace-delimited chunk (everything except final periods)."""
-    split_word = _PTB_SPLIT_WORD if ptb else _WIKI_SPLIT_WORD
     after_word = previous[-1:].isalnum() or previous[-1:] == ">"
+    if len(chunk) <= _CACHED_CHUNK_CHARS:
+        return _split_word_chunk_cached(chunk, after_word, ptb)
+    return _split_word_chunk(chunk, after_word, ptb)
+
+
+def _split_word_chunk(chunk: str, after_word: bool, ptb: bool) -> tuple[str, ...]:
+    split_word = _PTB_SPLIT_WORD if ptb else _WIKI_SPLIT_WORD
     if _KEEP.fullmatch(chunk) or (after_word and split_word.fullmatch(chunk)):
-        return [chunk]
+        return (chunk,)
     chunk = (_PTB_SYMBOL if ptb else _WIKI_SYMBOL).sub(_pad, chunk)
     if not ptb:
         chunk = _HYPHEN.sub(" @-@ ", chunk)
@@ -89,7 +96,13 @@ def _split_chunk(chunk: str, previous: str, ptb: bool) -> list[str]:
     chunk = _COMMA.sub(" , ", _MULTI_DOT.sub(r" \g<0> ", chunk))
     for pattern, repl in _APOSTROPHES + (_PTB_CLITICS if ptb else _WIKI_CLITICS):
         chunk = pattern.sub(repl, chunk)
-    return chunk.split()
+    return tuple(chunk.split())
+
+
+# Words repeat, and a keystroke re-tokenises the whole text typed so far: memoise short chunks
+# (bounded: at most 2**16 entries of at most 64 characters).
+_CACHED_CHUNK_CHARS = 64
+_split_word_chunk_cached = functools.lru_cache(maxsize=2**16)(_split_word_chunk)
 
 
 def _keeps_period(word: str, following: str, ptb: bool) -> bool:

@@ -106,12 +106,39 @@ class RNNLM(nn.Module):
             packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
             out, state = self.rnn(packed, state)
             out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=inputs.shape[1])
+        elif x.shape[1] <= STEP_TOKENS and not self.training and type(self.rnn) in _CELLS:
+            out, state = self._by_cell(x, state)
         else:
             out, state = self.rnn(x, state)
         out = self.drop(out)
         if self.proj is not None:
             out = self.proj(out)
         return out, state
+
+    def _by_cell(self, x: Tensor, state: State | None) -> tuple[Tensor, State]:
+        """The recurrence one cell call per layer and token: the same values as the fused module,
+        without its fixed per-call setup (oneDNN costs ~0.6 ms a call, a whole keystroke's worth)."""
+        rnn, lstm = self.rnn, isinstance(self.rnn, nn.LSTM)
+        if state is None:
+            state = self.init_state(x.shape[0])
+        h0, c0 = state if lstm else (state, state)
+        cell = torch.rnn_relu_cell if getattr(rnn, "nonlinearity", "tanh") == "relu" else _CELLS[type(rnn)]
+        layer_in, last_h, last_c = x, [], []
+        for k in range(rnn.num_layers):
+            weights = [getattr(rnn, f"{name}_l{k}") for name in ("weight_ih", "weight_hh")]
+            weights += [getattr(rnn, f"{name}_l{k}") for name in ("bias_ih", "bias_hh")] if rnn.bias else [None, None]
+            h, c, outs = h0[k], c0[k], []
+            for t in range(x.shape[1]):
+                if lstm:
+                    h, c = cell(layer_in[:, t], (h, c), *weights)
+                else:
+                    h = cell(layer_in[:, t], h, *weights)
+                outs.append(h)
+            layer_in = torch.stack(outs, dim=1)
+            last_h.append(h)
+            last_c.append(c)
+        new_state = (torch.stack(last_h), torch.stack(last_c)) if lstm else torch.stack(last_h)
+        return layer_in, new_state
 
     def init_state(self, batch: int) -> State:
         c = self.config
@@ -135,23 +162,29 @@ class RNNLM(nn.Module):
             return self.log_probs(feats)
         return self.decoder(feats)
 
-    def target_log_probs(self, feats: Tensor, targets: Tensor, chunk: int = 2048) -> Tensor:
+    def target_log_probs(self, feats: Tensor, targets: Tensor, chunk: int | None = None) -> Tensor:
         """log p(target) for each row without materialising [rows, V] at once.
 
-        Adaptive softmax only evaluates the clusters the targets fall in; a linear softmax is
-        computed `chunk` rows at a time with logsumexp and gather.
+        Every output layer is evaluated `chunk` rows at a time (default: as many rows as keep one
+        chunk's logits within ~CHUNK_ELEMENTS floats, so they stay in cache between the matmul
+        and the logsumexp) and only the targets' entries are gathered. An adaptive softmax
+        evaluates the head for every row and each tail cluster only for the rows whose target
+        falls in it (Grave et al., 2017): log p(w) = log p(cluster | h) + log p(w | cluster, h).
         """
         flat = feats.reshape(-1, feats.shape[-1])
         tgt = targets.reshape(-1)
-        if self.softmax is not None:
-            out = self.softmax(flat, tgt).output
+        if self.softmax is None:
+            out = _picked_log_probs(self.decoder, flat, tgt, chunk)
         else:
-            parts = []
-            for start in range(0, flat.shape[0], chunk):
-                logits = self.decoder(flat[start:start + chunk])
-                picked = logits.gather(1, tgt[start:start + chunk, None]).squeeze(1)
-                parts.append(picked - torch.logsumexp(logits, dim=-1))
-            out = torch.cat(parts) if parts else flat.new_zeros(0)
+            sm = self.softmax
+            bounds = sm.cutoffs  # [shortlist, cluster bounds..., vocab_size]
+            cluster = torch.bucketize(tgt, torch.tensor(bounds[:-1], device=tgt.device), right=True)
+            head_col = torch.where(cluster == 0, tgt, sm.shortlist_size + cluster - 1)
+            out = _picked_log_probs(sm.head, flat, head_col, chunk)
+            for c in range(1, len(bounds)):
+                rows = (cluster == c).nonzero().squeeze(1)
+                if rows.numel():
+                    out[rows] += _picked_log_probs(sm.tail[c - 1], flat[rows], tgt[rows] - bounds[c - 1], chunk)
         return out.reshape(targets.shape)
 
     def loss(self, feats: Tensor, targets: Tensor) -> Tensor:
@@ -164,6 +197,32 @@ class RNNLM(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+# Inputs this short (a keystroke's new words, a generation step) run cell by cell in eval mode.
+STEP_TOKENS = 4
+_CELLS = {nn.LSTM: torch.lstm_cell, nn.GRU: torch.gru_cell, nn.RNN: torch.rnn_tanh_cell}
+
+# Logits per chunk in target_log_probs: 1 MiB of floats, about one L2 cache (tuned with bench/scoring.py).
+CHUNK_ELEMENTS = 2**18
+MIN_CHUNK_ROWS = 32
+
+
+def _picked_log_probs(layer: nn.Module, x: Tensor, cols: Tensor, chunk: int | None) -> Tensor:
+    """log_softmax(layer(x))[i, cols[i]] for each row, `chunk` rows of logits at a time."""
+    n = x.shape[0]
+    out = x.new_empty(n)
+    if n == 0:
+        return out
+    if chunk is None:
+        last = layer[-1] if isinstance(layer, nn.Sequential) else layer  # an adaptive tail is proj -> out
+        width = last.out_features
+        chunk = max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS // width)
+    for start in range(0, n, chunk):
+        logits = layer(x[start:start + chunk])
+        picked = logits.gather(1, cols[start:start + chunk, None]).squeeze(1)
+        out[start:start + chunk] = picked - torch.logsumexp(logits, dim=-1)
+    return out
 
 
 def detach_state(state: State) -> State:

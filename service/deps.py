@@ -20,15 +20,17 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-def get_settings(request: Request) -> Settings:
+# `async` although they never await: FastAPI runs a plain `def` dependency in the thread pool, a thread
+# hop per dependency per request (bench/load.py); these only read app.state.
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_registry(request: Request) -> ModelRegistry:
+async def get_registry(request: Request) -> ModelRegistry:
     return request.app.state.registry
 
 
-def get_batcher(request: Request) -> Batcher:
+async def get_batcher(request: Request) -> Batcher:
     return request.app.state.batcher
 
 

@@ -29,6 +29,14 @@ class ModelNotFoundError(Exception):
         self.param = param
 
 
+class QueueFullError(Exception):
+    """The micro-batcher's queue for a model is full: the client should retry shortly."""
+
+    def __init__(self, model: str, depth: int, retry_after_s: int = 1) -> None:
+        super().__init__(f"model {model!r} is overloaded ({depth} requests waiting); retry after {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
+
 def error_body(type_: str, message: str, param: str | None = None) -> dict[str, Any]:
     return {"error": {"type": type_, "message": message, "param": param}}
 
@@ -67,6 +75,10 @@ async def _input_error(request: Request, exc: InputError) -> JSONResponse:
 
 async def _model_not_found(request: Request, exc: ModelNotFoundError) -> JSONResponse:
     return error_response(404, "model_not_found", str(exc), exc.param)
+
+
+async def _queue_full(request: Request, exc: QueueFullError) -> JSONResponse:
+    return error_response(503, "overloaded", str(exc), None, headers={"Retry-After": str(exc.retry_after_s)})
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -130,6 +142,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(InputError, _input_error)
     app.add_exception_handler(ModelNotFoundError, _model_not_found)
+    app.add_exception_handler(QueueFullError, _queue_full)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(CheckpointError, _checkpoint_error)
     app.add_exception_handler(Exception, _unexpected)

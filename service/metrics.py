@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 
 from fastapi import FastAPI
 from prometheus_client import Counter, Gauge, Histogram
@@ -23,6 +24,31 @@ TOKENS_SCORED = Counter("rnnlm_tokens_scored", "Tokens whose log-probability was
 TOKENS_GENERATED = Counter("rnnlm_tokens_generated", "Tokens sampled by /v1/generate", ["model"])
 MODELS_LOADED = Gauge("rnnlm_models_loaded", "Models currently served")
 MODEL_LOAD_FAILURES = Counter("rnnlm_model_load_failures", "Model folders that failed to load")
+BATCH_QUEUE_DEPTH = Gauge("rnnlm_batch_queue_depth", "Scoring requests waiting for the micro-batcher", ["model"])
+BATCH_SIZE = Histogram("rnnlm_batch_size", "Texts per merged engine call of the micro-batcher", ["model"],
+                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
+STATE_CACHE_HITS = Counter("rnnlm_state_cache_hits", "Next-word/generate prompts that resumed from a cached "
+                                                     "recurrent state", ["model"])
+STATE_CACHE_MISSES = Counter("rnnlm_state_cache_misses", "Prompts read from the start (no cached prefix)", ["model"])
+STATE_CACHE_EVICTIONS = Counter("rnnlm_state_cache_evictions", "Cached states dropped to stay within the "
+                                                               "memory bound", ["model"])
+STATE_CACHE_BYTES = Gauge("rnnlm_state_cache_bytes", "Memory held by the recurrent-state cache", ["model"])
+
+
+def state_cache_listener(model: str) -> Callable[[str, int], None]:
+    """Feeds a new engine's StateCache events into the metrics above (models/ knows nothing of prometheus)."""
+    counters = {"hit": STATE_CACHE_HITS.labels(model), "miss": STATE_CACHE_MISSES.labels(model),
+                "eviction": STATE_CACHE_EVICTIONS.labels(model)}
+    size = STATE_CACHE_BYTES.labels(model)
+    size.set(0)  # a new engine starts with an empty cache
+
+    def listener(event: str, value: int) -> None:
+        if event == "bytes":
+            size.set(value)
+        else:
+            counters[event].inc(value)
+    return listener
+
 
 UNMATCHED = "unmatched"  # endpoint label for paths that match no route (404s)
 NO_MODEL = "none"

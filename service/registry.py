@@ -116,7 +116,7 @@ class ModelRegistry:
                 if stamp == self._stamps.get(name) or stamp == self._failed.get(name):
                     continue
                 try:
-                    engine = Engine(load_model(path, name=name))
+                    engine = self._engine(path, name)
                 except CheckpointError as exc:
                     self._failed[name] = stamp
                     metrics.MODEL_LOAD_FAILURES.inc()
@@ -134,7 +134,7 @@ class ModelRegistry:
                 self._stamps[name] = stamp
                 self._failed.pop(name, None)
                 log.info("%s model %r from %s (%s, %s parameters)", "reloaded" if replaced else "loaded",
-                         name, path, engine.model.config.arch, f"{engine.model.num_parameters():,}")
+                         name, path, engine.model.config.arch, f"{engine.parameters:,}")
             for name in set(self._stamps) - set(found) - swapping:  # mid-swap: gone for a moment only
                 with self._lock:
                     self._engines.pop(name, None)
@@ -144,6 +144,13 @@ class ModelRegistry:
                 self._failed.pop(name, None)
             with self._lock:
                 metrics.MODELS_LOADED.set(len(self._engines))
+
+    def _engine(self, path: Path, name: str) -> Engine:
+        """A fresh engine (hence an empty state cache) with this model's performance settings."""
+        s = self.settings
+        return Engine(load_model(path, name=name), state_cache_bytes=int(s.state_cache_mb * 2**20),
+                      cache_listener=metrics.state_cache_listener(name),
+                      quantize="int8" if name in s.quantize else None)
 
     # ---- watcher -------------------------------------------------------------------------------
     def start(self) -> None:

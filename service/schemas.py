@@ -296,6 +296,12 @@ class JobRequest(Request):
                                 description="distill jobs: weight of the soft-label term")
     kd_fraction: float | None = Field(None, gt=0, le=1, validate_default=True, description="distill jobs")
 
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"type": "train", "name": "my-gru", "data": "/data/my-corpus", "arch": "gru", "emb": 200, "hidden": 256,
+         "layers": 2, "epochs": 5},
+        {"type": "distill", "name": "my-student", "data": "/data/wikitext-2", "teacher": "lstm", "emb": 96,
+         "hidden": 192, "layers": 1, "epochs": 3, "temperature": 2.0, "alpha": 0.5}]})
+
     @field_validator("max_vocab")
     @classmethod
     def _student_vocab(cls, value: int | None, info: ValidationInfo) -> int | None:

@@ -42,8 +42,9 @@ class Settings(BaseSettings):
     max_queue: int = Field(256, ge=1, description="requests waiting per model; more get 503 with Retry-After")
     state_cache_mb: float = Field(64.0, ge=0, description="recurrent-state cache per model for next-word and "
                                                           "generate prompts, MiB; 0 = off")
-    quantize: Annotated[list[str], NoDecode] = Field(default_factory=list,
-                                                     description="`,`-separated models served as dynamic int8")
+    quantize: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="`,`-separated models served as dynamic int8: faster, but scores "
+                                          "shift slightly and depend on the batch (bench/quantize.py)")
 
     # training jobs (used by the jobs API and the worker)
     data_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list,

@@ -1,10 +1,14 @@
-"""Scoring: per-text log-probabilities, corpus perplexity, and ranking of alternatives."""
+"""Scoring: per-text log-probabilities, corpus perplexity, and ranking of alternatives.
+
+All three go through the micro-batcher, which merges concurrent requests into one engine call.
+"""
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from models.engine import corpus_score, rank_scores
 from service import metrics
-from service.deps import RegistryDep, SettingsDep, check_limits, context_notes, run_engine, use_model
+from service.deps import BatcherDep, RegistryDep, SettingsDep, check_limits, context_notes, use_model
 from service.schemas import (ErrorResponse, PerplexityRequest, PerplexityResponse, PerplexityResult, RankRequest,
                              RankResponse, RankResult, ScoreRequest, ScoreResponse, TextScore, TokenScore)
 
@@ -13,11 +17,12 @@ router = APIRouter(prefix="/v1", tags=["scoring"], responses=ERRORS)
 
 
 @router.post("/score", response_model=ScoreResponse)
-async def score(body: ScoreRequest, request: Request, registry: RegistryDep, settings: SettingsDep) -> ScoreResponse:
+async def score(body: ScoreRequest, request: Request, registry: RegistryDep, settings: SettingsDep,
+                batcher: BatcherDep) -> ScoreResponse:
     """log p(text) for each text (natural log), with per-token detail on request."""
     check_limits(body, settings)
     engine = use_model(request, registry, body.model)
-    scores = await run_engine(engine.score, body.texts, add_eos=body.add_eos, context=body.context)
+    scores = await batcher.score(engine, body.texts, add_eos=body.add_eos, context=body.context)
     metrics.TOKENS_SCORED.labels(engine.name).inc(sum(s.num_tokens for s in scores))
     used, warnings = context_notes(engine, body.context)
     results = [TextScore(text=s.text, logprob=s.logprob, num_tokens=s.num_tokens, perplexity=s.perplexity,
@@ -30,11 +35,11 @@ async def score(body: ScoreRequest, request: Request, registry: RegistryDep, set
 
 @router.post("/perplexity", response_model=PerplexityResponse)
 async def perplexity(body: PerplexityRequest, request: Request, registry: RegistryDep,
-                     settings: SettingsDep) -> PerplexityResponse:
+                     settings: SettingsDep, batcher: BatcherDep) -> PerplexityResponse:
     """Perplexity over all tokens of all texts (each text ends with <eos>), plus per text."""
     check_limits(body, settings)
     engine = use_model(request, registry, body.model)
-    corpus = await run_engine(engine.perplexity, body.texts, context=body.context)
+    corpus = corpus_score(await batcher.score(engine, body.texts, add_eos=True, context=body.context))
     metrics.TOKENS_SCORED.labels(engine.name).inc(corpus.num_tokens)
     used, warnings = context_notes(engine, body.context)
     results = [PerplexityResult(text=s.text, perplexity=s.perplexity, num_tokens=s.num_tokens, logprob=s.logprob,
@@ -44,11 +49,12 @@ async def perplexity(body: PerplexityRequest, request: Request, registry: Regist
 
 
 @router.post("/rank", response_model=RankResponse)
-async def rank(body: RankRequest, request: Request, registry: RegistryDep, settings: SettingsDep) -> RankResponse:
+async def rank(body: RankRequest, request: Request, registry: RegistryDep, settings: SettingsDep,
+               batcher: BatcherDep) -> RankResponse:
     """Candidates sorted by log-probability, best first (n-best rescoring, grammar choice)."""
     check_limits(body, settings)
     engine = use_model(request, registry, body.model)
-    ranked = await run_engine(engine.rank, body.candidates, context=body.context)
+    ranked = rank_scores(await batcher.score(engine, body.candidates, add_eos=True, context=body.context))
     metrics.TOKENS_SCORED.labels(engine.name).inc(sum(s.num_tokens for s in ranked))
     used, warnings = context_notes(engine, body.context)
     results = [RankResult(rank=i, text=s.text, logprob=s.logprob, num_tokens=s.num_tokens, perplexity=s.perplexity,

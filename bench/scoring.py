@@ -1,0 +1,149 @@
+"""Scoring speed: one sentence per call vs one batched call, and the output layer's GFLOP/s vs torch.mm.
+
+All figures come from this process, with the same model and thread count:
+1. tokens/s of `Engine.score` on N WikiText-2 test sentences, one per call vs all in one call (ratio);
+2. the scoring kernel (`RNNLM.target_log_probs`, chunked logsumexp + gather) vs torch's own
+   `AdaptiveLogSoftmaxWithLoss.forward` on the same rows (ratio);
+3. the output layer's achieved GFLOP/s vs `torch.mm` at the same shapes (fraction): for a full-softmax
+   model of the same sizes (random weights: speed does not depend on them), and for the adaptive
+   softmax per cluster (head for every row, each tail only for its rows).
+
+    python bench/scoring.py --checkpoints checkpoints --model lstm --sentences 1000
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from models.checkpoint import load_model
+from models.engine import Engine
+from models.rnnlm import RNNLM, ModelConfig, _picked_log_probs
+
+
+def wikitext_sentences(data: Path, n: int) -> list[str]:
+    """The first n sentences (3+ tokens) of WikiText-2 test, headings skipped."""
+    out = []
+    for line in (data / "test.txt").read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("="):
+            continue
+        out += [s for s in re.split(r"(?<= \.) ", line) if len(s.split()) >= 3]
+        if len(out) >= n:
+            break
+    return out[:n]
+
+
+def seconds(func: Callable[[], object], repeat: int = 3) -> float:
+    """Median wall time of `repeat` calls after one warm-up call."""
+    func()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        func()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def mm_seconds(shapes: list[tuple[int, int, int]], repeat: int) -> float:
+    """Time of torch.mm over each (m, k, n) shape, summed."""
+    mats = [(torch.randn(m, k), torch.randn(k, n)) for m, k, n in shapes if m]
+    return seconds(lambda: [torch.mm(a, b) for a, b in mats], repeat)
+
+
+def linear_flops(layer: nn.Module, rows: int) -> tuple[int, list[tuple[int, int, int]]]:
+    """Matmul FLOPs of a Linear (or an adaptive tail: Linear -> Linear) on `rows` rows, and the shapes."""
+    linears = list(layer) if isinstance(layer, nn.Sequential) else [layer]
+    shapes = [(rows, m.in_features, m.out_features) for m in linears]
+    return sum(2 * m * k * n for m, k, n in shapes), shapes
+
+
+def report_layer(name: str, layer: nn.Module, x: torch.Tensor, cols: torch.Tensor,
+                 repeat: int) -> tuple[int, float, float]:
+    """Print and return (matmul FLOPs, seconds of the chunked layer, seconds of torch.mm at its shapes)."""
+    flops, shapes = linear_flops(layer, x.shape[0])
+    t = seconds(lambda: _picked_log_probs(layer, x, cols, None), repeat)
+    t_mm = mm_seconds(shapes, repeat)
+    shape_txt = " + ".join(f"[{m}x{k}]@[{k}x{n}]" for m, k, n in shapes)
+    print(f"  {name:<10} {shape_txt:<40} {flops / t / 1e9:7.1f} GFLOP/s   torch.mm {flops / t_mm / 1e9:7.1f} GFLOP/s"
+          f"   fraction {t_mm / t:5.2f}")
+    return flops, t, t_mm
+
+
+@torch.inference_mode()
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoints", default="checkpoints")
+    parser.add_argument("--model", default="lstm")
+    parser.add_argument("--data", default="../shared/data/wikitext-2")
+    parser.add_argument("--sentences", type=int, default=1000, help="sentences scored in one batched call")
+    parser.add_argument("--single", type=int, default=300, help="of those, how many are scored one per call")
+    parser.add_argument("--rows", type=int, default=4096, help="feature rows for the output-layer figures")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    engine = Engine(load_model(Path(args.checkpoints) / args.model), state_cache_bytes=0)
+    c = engine.model.config
+    sentences = wikitext_sentences(Path(args.data), args.sentences)
+    print(f"model {args.model}: {c.arch} {c.layers}x{c.hidden}, vocab {c.vocab_size:,}, "
+          f"{'adaptive softmax ' + str(c.cutoffs) if c.adaptive else 'full softmax'}; "
+          f"{args.threads} thread(s), torch {torch.__version__}")
+
+    # 1. one sentence per call vs one batched call
+    single = sentences[: args.single]
+    n_single = sum(s.num_tokens for s in engine.score(single))
+    n_all = sum(s.num_tokens for s in engine.score(sentences))
+    t_single = seconds(lambda: [engine.score([s]) for s in single], 1)
+    t_batch = seconds(lambda: engine.score(sentences), args.repeat)
+    one, many = n_single / t_single, n_all / t_batch
+    print(f"\nscoring WikiText-2 test sentences ({len(sentences)}, {n_all / len(sentences):.1f} tokens each)")
+    print(f"  one per call  {one:9,.0f} tokens/s   ({len(single)} calls)")
+    print(f"  batched       {many:9,.0f} tokens/s   (1 call)")
+    print(f"  ratio         {many / one:9.2f}x  (target >= 5x)")
+
+    # 2 and 3: the output layer on `rows` rows with the corpus' own target distribution
+    ids = [i for s in sentences for i in engine.tokenizer.encode(s).ids]
+    while len(ids) < args.rows:
+        ids = ids * 2
+    targets = torch.tensor(ids[: args.rows])
+    torch.manual_seed(0)
+    width = engine.model.proj.out_features if engine.model.proj is not None else c.hidden
+    feats = torch.randn(args.rows, width)
+
+    full = RNNLM(ModelConfig(vocab_size=c.vocab_size, emb=c.emb, hidden=width, layers=1, adaptive=False)).eval()
+    print(f"\nfull-softmax output layer ({args.rows} rows x {width} -> {c.vocab_size:,}; target-only "
+          "logsumexp + gather, chunked)")
+    report_layer("decoder", full.decoder, feats, targets, args.repeat)
+
+    if engine.model.softmax is not None:
+        sm = engine.model.softmax
+        ours = seconds(lambda: engine.model.target_log_probs(feats, targets), args.repeat)
+        theirs = seconds(lambda: sm(feats, targets).output, args.repeat)
+        print(f"\nadaptive softmax, target log-probs of {args.rows} rows")
+        print(f"  torch AdaptiveLogSoftmaxWithLoss.forward {args.rows / theirs:9,.0f} rows/s")
+        print(f"  RNNLM.target_log_probs (chunked)         {args.rows / ours:9,.0f} rows/s   "
+              f"ratio {theirs / ours:.2f}x")
+        print("  per cluster (each tail only sees the rows whose target is in it):")
+        bounds = sm.cutoffs
+        cluster = torch.bucketize(targets, torch.tensor(bounds[:-1]), right=True)
+        head_col = torch.where(cluster == 0, targets, sm.shortlist_size + cluster - 1)
+        parts = [report_layer("head", sm.head, feats, head_col, args.repeat)]
+        for i in range(1, len(bounds)):
+            rows = (cluster == i).nonzero().squeeze(1)
+            share = rows.numel() / args.rows
+            parts.append(report_layer(f"tail {i} {share:4.0%}", sm.tail[i - 1], feats[rows],
+                                      targets[rows] - bounds[i - 1], args.repeat))
+        flops, t, t_mm = (sum(p[j] for p in parts) for j in range(3))
+        print(f"  {'all':<51}{flops / t / 1e9:7.1f} GFLOP/s   torch.mm {flops / t_mm / 1e9:7.1f} GFLOP/s"
+              f"   fraction {t_mm / t:5.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""StateCache: recurrent states of token prefixes already read, so a keystroke costs the new tokens only.
+
+A trie over token ids per context key; a node may hold the output feature of its last position
+and the recurrent state after it. Lookup walks the query's ids and returns the deepest stored
+node (the longest cached prefix). Entries are evicted least-recently-used once their tensors
+plus a fixed overhead per entry and per trie node exceed `max_bytes`. Thread-safe; stored tensors are never
+modified in place, so callers may read them without copying.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from models.rnnlm import State
+
+# Memory counted against the budget besides the tensors' data: a trie node (object, slots, dict
+# slot) and an entry (three tensor objects, allocator rounding, tuple, LRU slot). Measured as the
+# process' RSS growth for a 2x256 LSTM's entries (about 5 KiB of data each).
+NODE_BYTES = 160
+ENTRY_BYTES = 2048
+
+Listener = Callable[[str, int], None]
+"""Called with ("hit", 1), ("miss", 1), ("eviction", n) or ("bytes", current total)."""
+
+
+@dataclass
+class CachedPrefix:
+    length: int       # how many ids of the query this entry covers
+    feature: Tensor   # [1, D] output feature at the prefix's last position
+    state: State      # recurrent state after the prefix
+
+
+class _Node:
+    __slots__ = ("children", "parent", "token", "entry", "nbytes")
+
+    def __init__(self, parent: _Node | None, token: Hashable) -> None:
+        self.children: dict[int, _Node] = {}
+        self.parent = parent
+        self.token = token  # the root holds its context key instead
+        self.entry: tuple[Tensor, State] | None = None
+        self.nbytes = 0
+
+
+def _state_bytes(state: State) -> int:
+    parts = state if isinstance(state, tuple) else (state,)
+    return sum(t.numel() * t.element_size() for t in parts)
+
+
+class StateCache:
+    """Longest-prefix cache of (feature, state) keyed by (context key, token-id prefix); LRU within max_bytes."""
+
+    def __init__(self, max_bytes: int, listener: Listener | None = None) -> None:
+        self.max_bytes = max(0, int(max_bytes))
+        self.listener = listener
+        self._roots: dict[Hashable, _Node] = {}
+        self._lru: OrderedDict[int, _Node] = OrderedDict()  # id(node) -> node holding an entry, oldest first
+        self._lock = threading.Lock()
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_bytes > 0
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+    def stats(self) -> dict[str, int]:
+        return {"hits": self.hits, "misses": self.misses, "evictions": self.evictions, "bytes": self.bytes,
+                "entries": len(self._lru), "max_bytes": self.max_bytes}
+
+    def _emit(self, event: str, value: int) -> None:
+        if self.listener is not None:
+            self.listener(event, value)
+
+    def lookup(self, key: Hashable, ids: Sequence[int]) -> CachedPrefix | None:
+        """The longest stored prefix of `ids` under `key` (counts a hit or a miss), or None."""
+        if not self.enabled:
+            return None
+        with self._lock:
+            node = self._roots.get(key)
+            best, best_len = None, 0
+            if node is not None:
+                if node.entry is not None:
+                    best = node
+                for depth, token in enumerate(ids, start=1):
+                    node = node.children.get(token)
+                    if node is None:
+                        break
+                    if node.entry is not None:
+                        best, best_len = node, depth
+            if best is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+                self._lru.move_to_end(id(best))
+                feature, state = best.entry
+        if best is None:
+            self._emit("miss", 1)
+            return None
+        self._emit("hit", 1)
+        return CachedPrefix(best_len, feature, state)
+
+    def store(self, key: Hashable, ids: Sequence[int], feature: Tensor, state: State) -> None:
+        """Remember the feature and state after `ids`; tensors must not be views of larger ones."""
+        nbytes = feature.numel() * feature.element_size() + _state_bytes(state) + ENTRY_BYTES
+        if not self.enabled or nbytes + NODE_BYTES * (len(ids) + 1) > self.max_bytes:
+            return
+        with self._lock:
+            node = self._roots.get(key)
+            if node is None:
+                node = self._roots[key] = _Node(None, key)
+                self.bytes += NODE_BYTES
+            for token in ids:
+                child = node.children.get(token)
+                if child is None:
+                    child = node.children[token] = _Node(node, token)
+                    self.bytes += NODE_BYTES
+                node = child
+            if node.entry is not None:
+                self.bytes -= node.nbytes
+            node.entry, node.nbytes = (feature, state), nbytes
+            self.bytes += nbytes
+            self._lru[id(node)] = node
+            self._lru.move_to_end(id(node))
+            evicted = 0
+            while self.bytes > self.max_bytes and self._lru:
+                _, old = self._lru.popitem(last=False)
+                self._drop(old)
+                evicted += 1
+            self.evictions += evicted
+            total = self.bytes
+        if evicted:
+            self._emit("eviction", evicted)
+        self._emit("bytes", total)
+
+    def _drop(self, node: _Node) -> None:
+        """Remove a node's entry and prune the branch that no longer leads to any entry."""
+        self.bytes -= node.nbytes
+        node.entry, node.nbytes = None, 0
+        while node.entry is None and not node.children:
+            self.bytes -= NODE_BYTES
+            parent = node.parent
+            if parent is None:
+                self._roots.pop(node.token, None)
+                return
+            parent.children.pop(node.token, None)
+            node = parent
+
+    def clear(self) -> None:
+        with self._lock:
+            self._roots.clear()
+            self._lru.clear()
+            self.bytes = 0
+        self._emit("bytes", 0)
