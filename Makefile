@@ -16,8 +16,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
+# corpora that training jobs (POST /v1/jobs) may read, unless set already
+serve: export RNNLM_DATA_ROOTS ?= $(abspath ../shared/data)
 serve: install
-	$(BIN)/rnnlm serve --host $(HOST) --port $(PORT) --checkpoints checkpoints
+	$(BIN)/rnnlm serve --host $(HOST) --port $(PORT) --checkpoints checkpoints --with-worker
 
 test: install
 	$(BIN)/python -m pytest

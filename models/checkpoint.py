@@ -10,6 +10,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,28 +53,17 @@ def _tensors(model: RNNLM, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     return {k: v.detach().to(dtype if v.is_floating_point() else v.dtype).contiguous() for k, v in state.items()}
 
 
-def save_model(model: RNNLM, tokenizer: Tokenizer, out: str | Path, meta: dict | None = None,
-               dtype: torch.dtype = torch.float32) -> Path:
-    """Write a model folder to a temporary sibling, then swap it into place.
+def write_folder_atomically(out: str | Path, fill: Callable[[Path], None]) -> Path:
+    """Fill a temporary sibling of `out` with `fill(tmp)`, then swap it into place.
 
-    A reader sees either the previous complete folder or the new complete one.
+    A reader sees either the previous complete folder or the new complete one; temporaries are
+    named `.NAME.tmp-*` / `.NAME.old-*` so a watcher can tell a swap in progress.
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        save_file(_tensors(model, dtype), str(tmp / WEIGHTS), metadata={"format": FORMAT})
-        tokenizer.vocab.save(tmp / VOCAB)
-        config = {
-            "format": FORMAT,
-            "name": out.name,
-            "model": model.config.to_dict(),
-            "dtype": str(dtype).removeprefix("torch."),
-            "parameters": model.num_parameters(),
-            "tokenizer": {"style": tokenizer.style, "vocab_file": VOCAB, "vocab_size": len(tokenizer.vocab)},
-            **(meta or {}),
-        }
-        (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        fill(tmp)
         for path in tmp.iterdir():
             os.chmod(path, 0o644)
             with open(path, "rb") as f:
@@ -90,6 +80,30 @@ def save_model(model: RNNLM, tokenizer: Tokenizer, out: str | Path, meta: dict |
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def save_model(model: RNNLM, tokenizer: Tokenizer, out: str | Path, meta: dict | None = None,
+               dtype: torch.dtype = torch.float32) -> Path:
+    """Write a model folder atomically (see `write_folder_atomically`)."""
+    def fill(tmp: Path) -> None:
+        save_file(_tensors(model, dtype), str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        tokenizer.vocab.save(tmp / VOCAB)
+        config = {
+            "format": FORMAT,
+            "name": Path(out).name,
+            "model": model.config.to_dict(),
+            "dtype": str(dtype).removeprefix("torch."),
+            "parameters": model.num_parameters(),
+            "tokenizer": {"style": tokenizer.style, "vocab_file": VOCAB, "vocab_size": len(tokenizer.vocab)},
+            **(meta or {}),
+        }
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    return write_folder_atomically(out, fill)
+
+
+def copy_model(src: str | Path, dst: str | Path) -> Path:
+    """Publish a copy of a model folder atomically (e.g. a finished job's model into the served dir)."""
+    return write_folder_atomically(dst, lambda tmp: shutil.copytree(src, tmp, dirs_exist_ok=True))
 
 
 def read_config(folder: str | Path) -> dict:

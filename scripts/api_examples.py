@@ -8,9 +8,12 @@ from __future__ import annotations
 import json
 import os
 import socket
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import httpx
 
@@ -54,10 +57,55 @@ def shorten(value, items: int = 4):
     return value
 
 
+JOB = {"type": "train", "name": "tiny-gru", "data": str(Path("../shared/data/wikitext-2").resolve()),
+       "arch": "gru", "emb": 64, "hidden": 64, "layers": 1, "epochs": 2, "train_tokens": 200000,
+       "valid_tokens": 20000}
+
+
+def show(curl: str, out: str) -> None:
+    print(f"```bash\n{curl}\n```\n```\n{out}\n```\n")
+
+
+def curl_for(method: str, path: str, body: dict | None) -> str:
+    if body is None:
+        return f"curl -s localhost:8000{path}" + (" -X POST" if method == "POST" else "")
+    return f"curl -s localhost:8000{path} -H 'Content-Type: application/json' \\\n  -d '{json.dumps(body)}'"
+
+
+def run_job(client: httpx.Client) -> None:
+    """Submit a small training job, watch it, then score with the new model."""
+    r = client.post("/v1/jobs", json=JOB)
+    show(curl_for("POST", "/v1/jobs", JOB), f"HTTP {r.status_code}\n" + json.dumps(r.json(), indent=2))
+    job_id = r.json()["id"]
+    seen_running = None
+    while True:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] == "running" and job.get("progress", {}).get("epoch") and seen_running is None:
+            seen_running = job
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            break
+        time.sleep(1)
+    if seen_running is not None:
+        show(f"curl -s localhost:8000/v1/jobs/{job_id}   # while it runs",
+             json.dumps(shorten(seen_running), indent=2))
+    show(f"curl -s localhost:8000/v1/jobs/{job_id}", json.dumps(shorten(job), indent=2))
+    body = {"model": JOB["name"], "texts": ["The album was released in 1999 ."]}
+    for _ in range(60):  # the registry's watcher loads the new folder within a few seconds
+        r = client.post("/v1/score", json=body)
+        if r.status_code == 200:
+            break
+        time.sleep(1)
+    show(curl_for("POST", "/v1/score", body), json.dumps(shorten(r.json()), indent=2))
+
+
 def main() -> None:
     port = free_port()
-    env = dict(os.environ, RNNLM_CHECKPOINTS=os.environ.get("RNNLM_CHECKPOINTS", "checkpoints"))
-    server = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)], env=env,
+    workdir = Path(tempfile.mkdtemp(prefix="rnnlm-examples-"))
+    checkpoints = workdir / "checkpoints"
+    shutil.copytree("checkpoints", checkpoints)  # jobs write here, not into the repository
+    env = dict(os.environ, RNNLM_DATA_ROOTS=str(Path("../shared/data").resolve()))
+    server = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--checkpoints",
+                               str(checkpoints), "--jobs-db", str(workdir / "jobs.db"), "--with-worker"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -70,9 +118,7 @@ def main() -> None:
                     pass
                 time.sleep(0.2)
             for method, path, body in EXAMPLES:
-                curl = f"curl -s localhost:8000{path}"
-                if body is not None:
-                    curl = f"curl -s localhost:8000{path} -H 'Content-Type: application/json' \\\n  -d '{json.dumps(body)}'"
+                curl = curl_for(method, path, body)
                 if body and body.get("stream"):
                     with client.stream(method, path, json=body) as r:
                         text = "".join(r.iter_text())
@@ -82,10 +128,13 @@ def main() -> None:
                     r = client.request(method, path, json=body)
                     out = f"HTTP {r.status_code}\n" if r.status_code >= 400 else ""
                     out += json.dumps(shorten(r.json()), indent=2, ensure_ascii=False)
-                print(f"```bash\n{curl}\n```\n```\n{out}\n```\n")
+                show(curl, out)
+            if "--jobs" in sys.argv:
+                run_job(client)
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        server.wait(timeout=60)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

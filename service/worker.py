@@ -15,7 +15,6 @@ import os
 import shutil
 import signal
 import socket
-import tempfile
 import threading
 import time
 import uuid
@@ -26,6 +25,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from models.checkpoint import copy_model
 from models.errors import CheckpointError, RNNLMError, TrainingCancelled
 from models.train import EpochReport, TrainConfig, TrainResult
 from service.jobs import STATUSES, Job, JobStore
@@ -78,29 +78,8 @@ def train_config(params: dict[str, Any], out: Path, run_dir: Path) -> TrainConfi
 
 
 def publish_model(src: Path, dst: Path) -> None:
-    """Copy a finished model folder to `dst` through a temporary sibling and a rename.
-
-    Same convention as models.checkpoint.save_model (`.NAME.tmp-*`, `.NAME.old-*`), so the
-    registry never loads a half-copied folder.
-    """
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
-    try:
-        shutil.copytree(src, tmp, dirs_exist_ok=True)
-        for path in tmp.iterdir():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-        os.chmod(tmp, 0o755)
-        if dst.exists():
-            old = dst.parent / f".{dst.name}.old-{os.getpid()}-{time.monotonic_ns()}"
-            os.rename(dst, old)
-            os.rename(tmp, dst)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    """Copy a finished model folder into the checkpoint dir atomically (the registry never sees half)."""
+    copy_model(src, dst)
 
 
 def one_line(exc: BaseException) -> str:
