@@ -48,7 +48,13 @@ def free_port() -> int:
 def shorten(value, items: int = 4):
     """Keep long lists readable: the first few items and a count of the rest."""
     if isinstance(value, dict):
-        return {k: shorten(v, items) for k, v in value.items()}
+        keys = list(value)
+        out = {k: shorten(value[k], items) for k in keys[:9]}
+        if len(keys) > 13:
+            out["..."] = f"{len(keys) - 9} more fields"
+        else:
+            out.update({k: shorten(value[k], items) for k in keys[9:]})
+        return out
     if isinstance(value, list):
         head = [shorten(v, items) for v in value[:items]]
         return head + ([f"... {len(value) - items} more"] if len(value) > items else [])
@@ -80,7 +86,7 @@ def run_job(client: httpx.Client) -> None:
     seen_running = None
     while True:
         job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] == "running" and job.get("progress", {}).get("epoch") and seen_running is None:
+        if job["status"] == "running" and (job.get("progress") or {}).get("epoch") and seen_running is None:
             seen_running = job
         if job["status"] in ("succeeded", "failed", "cancelled"):
             break
