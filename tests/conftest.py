@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,30 @@ def tiny_model(tmp_path_factory, tiny_corpus) -> Path:
                       run_dir=str(out.parent / "run"))
     train(cfg, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory, wikitext2: Path) -> Path:
+    """A data root for training jobs holding `wt2-400`: the first 400 lines of WikiText-2 train and valid."""
+    root = tmp_path_factory.mktemp("data-root")
+    (root / "wt2-400").mkdir()
+    for split in ("train", "valid"):
+        lines = (wikitext2 / f"{split}.txt").read_text(encoding="utf-8").splitlines(keepends=True)[:400]
+        (root / "wt2-400" / f"{split}.txt").write_text("".join(lines), encoding="utf-8")
+    return root
+
+
+def _wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def wait_for():
+    """`wait_for(predicate, timeout, what)` -> the first truthy value of predicate(), polling every 50 ms."""
+    return _wait_for

@@ -19,14 +19,6 @@ TINY = dict(emb=16, hidden=16, layers=1, epochs=2, max_vocab=500, train_tokens=5
             batch_size=16, bptt=20, dropout=0.0, seed=1)
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory, wikitext2: Path) -> Path:
-    root = tmp_path_factory.mktemp("data-root")
-    (root / "wt2-400").mkdir()
-    for split in ("train", "valid"):
-        lines = (wikitext2 / f"{split}.txt").read_text(encoding="utf-8").splitlines(keepends=True)[:400]
-        (root / "wt2-400" / f"{split}.txt").write_text("".join(lines), encoding="utf-8")
-    return root
 
 
 def free_port() -> int:

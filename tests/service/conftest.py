@@ -73,15 +73,6 @@ JOB_TINY = dict(emb=16, hidden=16, layers=1, epochs=2, max_vocab=500, train_toke
                 batch_size=16, bptt=20, dropout=0.0, seed=1)
 
 
-@pytest.fixture(scope="session")
-def data_root(tmp_path_factory: pytest.TempPathFactory, wikitext2: Path) -> Path:
-    """A data root holding `wt2-400`: the first 400 lines of WikiText-2 train and valid."""
-    root = tmp_path_factory.mktemp("data-root")
-    (root / "wt2-400").mkdir()
-    for split in ("train", "valid"):
-        lines = (wikitext2 / f"{split}.txt").read_text(encoding="utf-8").splitlines(keepends=True)[:400]
-        (root / "wt2-400" / f"{split}.txt").write_text("".join(lines), encoding="utf-8")
-    return root
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -17,15 +16,6 @@ from service.worker import Worker
 
 KEY = "s3cret-key"
 
-
-def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def assert_error(response, status: int, param: str | None = None, type_: str | None = None) -> dict:
@@ -58,7 +48,7 @@ def submit(api: TestClient, **body) -> str:
     return r.json()["id"]
 
 
-def test_train_job_runs_in_the_worker_and_its_model_is_served(api, worker, tiny_job):
+def test_train_job_runs_in_the_worker_and_its_model_is_served(api, worker, tiny_job, wait_for):
     job_id = submit(api, type="train", name="fresh", **tiny_job())
     queued = api.get(f"/v1/jobs/{job_id}").json()
     assert queued["status"] == "queued" and queued["model"] is None and queued["params"]["emb"] == 16
@@ -76,7 +66,7 @@ def test_train_job_runs_in_the_worker_and_its_model_is_served(api, worker, tiny_
     assert r.json()["model"] == "fresh" and r.json()["results"][0]["logprob"] < 0
 
 
-def test_distill_job_from_a_served_teacher(api, worker, tiny_job):
+def test_distill_job_from_a_served_teacher(api, worker, tiny_job, wait_for):
     params = tiny_job(max_vocab=None)
     job_id = submit(api, type="distill", name="pupil", teacher="teacher", alpha=0.7, **params)
     assert api.get(f"/v1/jobs/{job_id}").json()["params"]["temperature"] == 2.0  # distill defaults filled in
@@ -88,7 +78,7 @@ def test_distill_job_from_a_served_teacher(api, worker, tiny_job):
     assert card["provenance"]["distillation"]["alpha"] == 0.7
 
 
-def test_cancel_a_running_job(api, worker, tiny_job, job_settings):
+def test_cancel_a_running_job(api, worker, tiny_job, job_settings, wait_for):
     job_id = submit(api, type="train", name="endless", **tiny_job(epochs=1000, patience=1000))
     thread = threading.Thread(target=worker.run)
     thread.start()

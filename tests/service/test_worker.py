@@ -14,15 +14,6 @@ from service.settings import Settings
 from service.worker import JobCounts, JobRun, Worker
 
 
-def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
 
 @pytest.fixture
 def store(job_settings: Settings) -> JobStore:
@@ -147,7 +138,7 @@ def test_worker_trains_publishes_and_reports(store, worker, job_settings, tiny_j
     assert counts["succeeded"] == 1 and counts["queued"] == 0
 
 
-def test_failure_is_one_line_and_the_worker_goes_on(store, worker, job_settings, tiny_job, tmp_path):
+def test_failure_is_one_line_and_the_worker_goes_on(store, worker, job_settings, tiny_job, tmp_path, wait_for):
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "train.txt").write_bytes(b"\x00\x01binary")
@@ -183,7 +174,7 @@ def test_distill_job_records_its_teacher(store, worker, job_settings, tiny_job):
     assert provenance["teacher"] == "teacher" and provenance["distillation"]["alpha"] == 0.5
 
 
-def test_stopped_worker_hands_the_job_back_and_it_resumes(store, job_settings, tiny_job, monkeypatch):
+def test_stopped_worker_hands_the_job_back_and_it_resumes(store, job_settings, tiny_job, monkeypatch, wait_for):
     job = store.submit("train", "long", tiny_job(epochs=8, patience=100))
     first = Worker(store, job_settings.checkpoints, poll_interval_s=0.05, worker_id="first")
     thread = threading.Thread(target=first.run)
