@@ -15,12 +15,9 @@ scenario's ratio isolates one optimisation. Bounded in requests and in seconds p
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import re
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from benchlib import free_port, model_parser, test_sentences
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {"optimised": {}, "baseline": {"RNNLM_BATCHING": "false", "RNNLM_STATE_CACHE_MB": "0"}}
@@ -63,21 +62,6 @@ class Result:
         return (f"  {name:<10} {len(self.latencies):5d} req {self.throughput:7.1f} req/s   p50 {self.pct(50):7.2f} ms"
                 f"   p95 {self.pct(95):7.2f} ms   p99 {self.pct(99):7.2f} ms   errors {self.errors}"
                 f"   server CPU {self.cpu_per_request:5.2f} ms/req")
-
-
-def wikitext_sentences(data: Path, n: int) -> list[str]:
-    out = []
-    for line in (data / "test.txt").read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if line and not line.startswith("="):
-            out += [s for s in re.split(r"(?<= \.) ", line) if len(s.split()) >= 3]
-    return out[:n]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -194,10 +178,7 @@ def metric(text: str, name: str, model: str) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoints", default="checkpoints")
-    parser.add_argument("--model", default="lstm")
-    parser.add_argument("--data", default="../shared/data/wikitext-2")
+    parser = model_parser(__doc__)
     parser.add_argument("--sequential", type=int, default=100, help="requests in the sequential scenario")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--concurrent", type=int, default=640, help="requests in the concurrent scenario")
@@ -208,7 +189,7 @@ def main() -> None:
     args = parser.parse_args()
     if not (Path(args.checkpoints) / args.model / "config.json").is_file():
         sys.exit(f"no model {args.model!r} in {args.checkpoints}")
-    sentences = wikitext_sentences(Path(args.data), 2000)
+    sentences = test_sentences(Path(args.data), 2000)
     words = " ".join(sentences).split()
     checkpoints = str(Path(args.checkpoints).resolve())
     results: dict[str, dict] = {}

@@ -12,36 +12,20 @@ scales per batch), which matters because the micro-batcher mixes unrelated reque
 """
 from __future__ import annotations
 
-import argparse
-import re
-import statistics
-import time
 from collections import Counter
 from pathlib import Path
 
 import torch
 
+from benchlib import median_seconds, model_parser, test_sentences
 from models.checkpoint import load_model
 from models.data import encode_lines, read_lines
 from models.engine import Engine
 from models.evaluate import evaluate_stream
 
 
-def median_seconds(func, repeat: int) -> float:
-    func()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        func()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoints", default="checkpoints")
-    parser.add_argument("--model", default="lstm")
-    parser.add_argument("--data", default="../shared/data/wikitext-2")
+    parser = model_parser(__doc__)
     parser.add_argument("--tokens", type=int, default=None, help="only the first N test tokens (default: all)")
     parser.add_argument("--sentences", type=int, default=500, help="sentences for the scoring speed")
     parser.add_argument("--repeat", type=int, default=3)
@@ -63,8 +47,7 @@ def main() -> None:
 
     lines = read_lines(Path(args.data) / "test.txt")
     stream = encode_lines(lines, loaded.tokenizer.vocab, titles=loaded.config.context, max_tokens=args.tokens)
-    sentences = [s for line in lines if line.strip() and not line.strip().startswith("=")
-                 for s in re.split(r"(?<= \.) ", line.strip()) if len(s.split()) >= 3][: args.sentences]
+    sentences = test_sentences(Path(args.data), args.sentences)
     prefix = " ".join(" ".join(sentences).split()[:50]) + " "
     rows = {}
     for name, engine in engines.items():

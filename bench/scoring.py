@@ -12,49 +12,21 @@ All figures come from this process, with the same model and thread count:
 """
 from __future__ import annotations
 
-import argparse
-import re
-import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from benchlib import median_seconds, model_parser, test_sentences
 from models.checkpoint import load_model
 from models.engine import Engine
 from models.rnnlm import RNNLM, ModelConfig, _picked_log_probs
 
 
-def wikitext_sentences(data: Path, n: int) -> list[str]:
-    """The first n sentences (3+ tokens) of WikiText-2 test, headings skipped."""
-    out = []
-    for line in (data / "test.txt").read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line or line.startswith("="):
-            continue
-        out += [s for s in re.split(r"(?<= \.) ", line) if len(s.split()) >= 3]
-        if len(out) >= n:
-            break
-    return out[:n]
-
-
-def seconds(func: Callable[[], object], repeat: int = 3) -> float:
-    """Median wall time of `repeat` calls after one warm-up call."""
-    func()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        func()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def mm_seconds(shapes: list[tuple[int, int, int]], repeat: int) -> float:
     """Time of torch.mm over each (m, k, n) shape, summed."""
     mats = [(torch.randn(m, k), torch.randn(k, n)) for m, k, n in shapes if m]
-    return seconds(lambda: [torch.mm(a, b) for a, b in mats], repeat)
+    return median_seconds(lambda: [torch.mm(a, b) for a, b in mats], repeat)
 
 
 def linear_flops(layer: nn.Module, rows: int) -> tuple[int, list[tuple[int, int, int]]]:
@@ -68,7 +40,7 @@ def report_layer(name: str, layer: nn.Module, x: torch.Tensor, cols: torch.Tenso
                  repeat: int) -> tuple[int, float, float]:
     """Print and return (matmul FLOPs, seconds of the chunked layer, seconds of torch.mm at its shapes)."""
     flops, shapes = linear_flops(layer, x.shape[0])
-    t = seconds(lambda: _picked_log_probs(layer, x, cols, None), repeat)
+    t = median_seconds(lambda: _picked_log_probs(layer, x, cols, None), repeat)
     t_mm = mm_seconds(shapes, repeat)
     shape_txt = " + ".join(f"[{m}x{k}]@[{k}x{n}]" for m, k, n in shapes)
     print(f"  {name:<10} {shape_txt:<40} {flops / t / 1e9:7.1f} GFLOP/s   torch.mm {flops / t_mm / 1e9:7.1f} GFLOP/s"
@@ -78,10 +50,7 @@ def report_layer(name: str, layer: nn.Module, x: torch.Tensor, cols: torch.Tenso
 
 @torch.inference_mode()
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoints", default="checkpoints")
-    parser.add_argument("--model", default="lstm")
-    parser.add_argument("--data", default="../shared/data/wikitext-2")
+    parser = model_parser(__doc__)
     parser.add_argument("--sentences", type=int, default=1000, help="sentences scored in one batched call")
     parser.add_argument("--single", type=int, default=300, help="of those, how many are scored one per call")
     parser.add_argument("--rows", type=int, default=4096, help="feature rows for the output-layer figures")
@@ -91,7 +60,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     engine = Engine(load_model(Path(args.checkpoints) / args.model), state_cache_bytes=0)
     c = engine.model.config
-    sentences = wikitext_sentences(Path(args.data), args.sentences)
+    sentences = test_sentences(Path(args.data), args.sentences)
     print(f"model {args.model}: {c.arch} {c.layers}x{c.hidden}, vocab {c.vocab_size:,}, "
           f"{'adaptive softmax ' + str(c.cutoffs) if c.adaptive else 'full softmax'}; "
           f"{args.threads} thread(s), torch {torch.__version__}")
@@ -100,8 +69,8 @@ def main() -> None:
     single = sentences[: args.single]
     n_single = sum(s.num_tokens for s in engine.score(single))
     n_all = sum(s.num_tokens for s in engine.score(sentences))
-    t_single = seconds(lambda: [engine.score([s]) for s in single], 1)
-    t_batch = seconds(lambda: engine.score(sentences), args.repeat)
+    t_single = median_seconds(lambda: [engine.score([s]) for s in single], 1)
+    t_batch = median_seconds(lambda: engine.score(sentences), args.repeat)
     one, many = n_single / t_single, n_all / t_batch
     print(f"\nscoring WikiText-2 test sentences ({len(sentences)}, {n_all / len(sentences):.1f} tokens each)")
     print(f"  one per call  {one:9,.0f} tokens/s   ({len(single)} calls)")
@@ -124,8 +93,8 @@ def main() -> None:
 
     if engine.model.softmax is not None:
         sm = engine.model.softmax
-        ours = seconds(lambda: engine.model.target_log_probs(feats, targets), args.repeat)
-        theirs = seconds(lambda: sm(feats, targets).output, args.repeat)
+        ours = median_seconds(lambda: engine.model.target_log_probs(feats, targets), args.repeat)
+        theirs = median_seconds(lambda: sm(feats, targets).output, args.repeat)
         print(f"\nadaptive softmax, target log-probs of {args.rows} rows")
         print(f"  torch AdaptiveLogSoftmaxWithLoss.forward {args.rows / theirs:9,.0f} rows/s")
         print(f"  RNNLM.target_log_probs (chunked)         {args.rows / ours:9,.0f} rows/s   "

@@ -9,7 +9,6 @@ measures the same through a server, where the fixed cost of a request is added t
 """
 from __future__ import annotations
 
-import argparse
 import re
 import statistics
 import time
@@ -17,15 +16,13 @@ from pathlib import Path
 
 import torch
 
+from benchlib import model_parser
 from models.checkpoint import load_model
 from models.engine import Engine
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoints", default="checkpoints")
-    parser.add_argument("--model", default="lstm")
-    parser.add_argument("--data", default="../shared/data/wikitext-2")
+    parser = model_parser(__doc__)
     parser.add_argument("--sessions", type=int, default=5, help="texts typed")
     parser.add_argument("--words", type=int, default=200, help="words per text")
     parser.add_argument("--cache-mb", type=float, default=64)

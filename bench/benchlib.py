@@ -1,0 +1,49 @@
+"""What the benchmarks share: the model/data flags, WikiText-2 test sentences, a median timer, a free port."""
+from __future__ import annotations
+
+import argparse
+import re
+import socket
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+
+def model_parser(doc: str) -> argparse.ArgumentParser:
+    """An argument parser with --checkpoints, --model and --data (the script adds its own flags)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--checkpoints", default="checkpoints")
+    parser.add_argument("--model", default="lstm")
+    parser.add_argument("--data", default="../shared/data/wikitext-2")
+    return parser
+
+
+def test_sentences(data: Path, n: int) -> list[str]:
+    """The first n sentences (3+ tokens) of WikiText-2 test, headings skipped."""
+    out: list[str] = []
+    for line in (Path(data) / "test.txt").read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("="):
+            continue
+        out += [s for s in re.split(r"(?<= \.) ", line) if len(s.split()) >= 3]
+        if len(out) >= n:
+            break
+    return out[:n]
+
+
+def median_seconds(func: Callable[[], object], repeat: int = 3) -> float:
+    """Median wall time of `repeat` calls after one warm-up call."""
+    func()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        func()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
