@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -71,3 +72,13 @@ def _wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
 def wait_for():
     """`wait_for(predicate, timeout, what)` -> the first truthy value of predicate(), polling every 50 ms."""
     return _wait_for
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    """`free_port()` -> a TCP port on 127.0.0.1 that nothing listens on right now."""
+    def pick() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    return pick

@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -145,12 +144,6 @@ def compose(raw_compose: dict, env_example: dict[str, str]) -> dict:
 
 
 # ---- a live api + worker pair ------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RNNLM_")}
     return {**env, "PYTHONUNBUFFERED": "1", **extra}
@@ -182,7 +175,7 @@ def stop(proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
 
 
 @pytest.fixture(scope="session")
-def proc_tools() -> SimpleNamespace:
+def proc_tools(free_port) -> SimpleNamespace:
     """Helpers for tests that start processes: free_port(), wait_for(url, proc, log, what), stop(proc), clean_env()."""
     return SimpleNamespace(free_port=free_port, wait_for=wait_for, stop=stop, clean_env=clean_env)
 
@@ -200,7 +193,7 @@ class Stack:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, free_port) -> Iterator[Stack]:
     """`rnnlm serve` and `rnnlm worker` as real processes sharing a checkpoint dir and job database,
     as the compose file runs them (but on 127.0.0.1 and free ports)."""
     root = tmp_path_factory.mktemp("deploy-stack")

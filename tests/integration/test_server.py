@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,12 +16,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def clean_env() -> dict[str, str]:
@@ -37,7 +30,7 @@ def serve(*args: str) -> subprocess.Popen:
 
 
 @pytest.fixture
-def server(tmp_path: Path, tiny_model: Path) -> Iterator[str]:
+def server(tmp_path: Path, tiny_model: Path, free_port) -> Iterator[str]:
     checkpoints = tmp_path / "checkpoints"
     checkpoints.mkdir()
     shutil.copytree(tiny_model, checkpoints / "lstm")

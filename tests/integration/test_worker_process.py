@@ -3,14 +3,12 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from models.checkpoint import read_config
 from service.jobs import JobStore
@@ -19,12 +17,6 @@ TINY = dict(emb=16, hidden=16, layers=1, epochs=2, max_vocab=500, train_tokens=5
             batch_size=16, bptt=20, dropout=0.0, seed=1)
 
 
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def env(**settings: str) -> dict[str, str]:
@@ -65,7 +57,7 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def test_serve_with_worker_trains_and_serves_a_new_model(tmp_path, data_root):
+def test_serve_with_worker_trains_and_serves_a_new_model(tmp_path, data_root, free_port):
     port, metrics_port = free_port(), free_port()
     checkpoints = tmp_path / "checkpoints"
     checkpoints.mkdir()

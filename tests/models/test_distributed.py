@@ -1,5 +1,4 @@
 """Data-parallel training with torchrun: two ranks of batch B train the same model as one of 2B."""
-import socket
 import subprocess
 import sys
 
@@ -7,13 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_two_ranks_equal_one_process_with_twice_the_batch(tiny_corpus, tmp_path):
+def test_two_ranks_equal_one_process_with_twice_the_batch(tiny_corpus, tmp_path, free_port):
     common = ["train", "--data", str(tiny_corpus), "--emb", "16", "--hidden", "16", "--layers", "1",
               "--epochs", "1", "--train-tokens", "12000", "--valid-tokens", "2000", "--max-vocab", "800",
               "--dropout", "0", "--bptt", "20", "--quiet", "--seed", "5"]
