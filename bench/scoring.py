@@ -20,7 +20,7 @@ from torch import nn
 from benchlib import median_seconds, model_parser, test_sentences
 from models.checkpoint import load_model
 from models.engine import Engine
-from models.rnnlm import RNNLM, ModelConfig, _picked_log_probs
+from models.rnnlm import RNNLM, ModelConfig, picked_log_probs
 
 
 def mm_seconds(shapes: list[tuple[int, int, int]], repeat: int) -> float:
@@ -40,7 +40,7 @@ def report_layer(name: str, layer: nn.Module, x: torch.Tensor, cols: torch.Tenso
                  repeat: int) -> tuple[int, float, float]:
     """Print and return (matmul FLOPs, seconds of the chunked layer, seconds of torch.mm at its shapes)."""
     flops, shapes = linear_flops(layer, x.shape[0])
-    t = median_seconds(lambda: _picked_log_probs(layer, x, cols, None), repeat)
+    t = median_seconds(lambda: picked_log_probs(layer, x, cols, None), repeat)
     t_mm = mm_seconds(shapes, repeat)
     shape_txt = " + ".join(f"[{m}x{k}]@[{k}x{n}]" for m, k, n in shapes)
     print(f"  {name:<10} {shape_txt:<40} {flops / t / 1e9:7.1f} GFLOP/s   torch.mm {flops / t_mm / 1e9:7.1f} GFLOP/s"

@@ -163,7 +163,7 @@ class Engine:
     # ---- context -------------------------------------------------------------------------------
     def _context_ids(self, context: str | None) -> tuple[int, ...] | None:
         """The topic's token ids, or None when there is no topic or the model takes none."""
-        if not context or not context.strip() or not self.supports_context:
+        if not self.context_used(context):
             return None
         return tuple(self.tokenizer.encode(context).ids)
 
@@ -363,8 +363,8 @@ class Engine:
             logits[logits < kth] = -math.inf
         if params.top_p < 1.0:
             sorted_logits, idx = torch.sort(logits, descending=True, dim=-1)
-            cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-            drop = cum - sorted_logits.softmax(dim=-1) >= params.top_p  # keep the smallest set reaching top_p
+            probs = sorted_logits.softmax(dim=-1)
+            drop = probs.cumsum(dim=-1) - probs >= params.top_p  # keep the smallest set reaching top_p
             sorted_logits[drop] = -math.inf
             logits = torch.full_like(logits, -math.inf).scatter(1, idx, sorted_logits)
         return torch.multinomial(logits.softmax(dim=-1), 1, generator=gen).squeeze(1)

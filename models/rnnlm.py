@@ -88,12 +88,12 @@ class RNNLM(nn.Module):
         """Mean input embedding of each context's words ([n_contexts, emb]); an empty one is zero."""
         return F.embedding_bag(ids, self.encoder.weight, offsets, mode="mean")
 
-    def features(self, inputs: Tensor, state: State | None = None, context: Tensor | None = None,
-                 lengths: Tensor | None = None) -> tuple[Tensor, State]:
+    def features(self, inputs: Tensor, state: State | None = None,
+                 context: Tensor | None = None) -> tuple[Tensor, State]:
         """Token ids [B, T] -> output features [B, T, D] and the new recurrent state.
 
         `context` is [B, emb] (one topic per row) or [B, T, emb] (per token); None means no topic.
-        With `lengths`, rows are packed so padding never enters the state.
+        The recurrence is causal, so right-padding a row never changes its real positions' outputs.
         """
         x = self.drop(self.encoder(inputs))
         if self.config.context:
@@ -102,11 +102,7 @@ class RNNLM(nn.Module):
             if context.dim() == 2:
                 context = context.unsqueeze(1).expand(-1, x.shape[1], -1)
             x = torch.cat([x, context.to(x.dtype)], dim=-1)
-        if lengths is not None:
-            packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-            out, state = self.rnn(packed, state)
-            out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=inputs.shape[1])
-        elif x.shape[1] <= STEP_TOKENS and not self.training and type(self.rnn) in _CELLS:
+        if x.shape[1] <= STEP_TOKENS and not self.training and type(self.rnn) in _CELLS:
             out, state = self._by_cell(x, state)
         else:
             out, state = self.rnn(x, state)
@@ -174,17 +170,17 @@ class RNNLM(nn.Module):
         flat = feats.reshape(-1, feats.shape[-1])
         tgt = targets.reshape(-1)
         if self.softmax is None:
-            out = _picked_log_probs(self.decoder, flat, tgt, chunk)
+            out = picked_log_probs(self.decoder, flat, tgt, chunk)
         else:
             sm = self.softmax
             bounds = sm.cutoffs  # [shortlist, cluster bounds..., vocab_size]
             cluster = torch.bucketize(tgt, torch.tensor(bounds[:-1], device=tgt.device), right=True)
             head_col = torch.where(cluster == 0, tgt, sm.shortlist_size + cluster - 1)
-            out = _picked_log_probs(sm.head, flat, head_col, chunk)
+            out = picked_log_probs(sm.head, flat, head_col, chunk)
             for c in range(1, len(bounds)):
                 rows = (cluster == c).nonzero().squeeze(1)
                 if rows.numel():
-                    out[rows] += _picked_log_probs(sm.tail[c - 1], flat[rows], tgt[rows] - bounds[c - 1], chunk)
+                    out[rows] += picked_log_probs(sm.tail[c - 1], flat[rows], tgt[rows] - bounds[c - 1], chunk)
         return out.reshape(targets.shape)
 
     def loss(self, feats: Tensor, targets: Tensor) -> Tensor:
@@ -208,7 +204,7 @@ CHUNK_ELEMENTS = 2**18
 MIN_CHUNK_ROWS = 32
 
 
-def _picked_log_probs(layer: nn.Module, x: Tensor, cols: Tensor, chunk: int | None) -> Tensor:
+def picked_log_probs(layer: nn.Module, x: Tensor, cols: Tensor, chunk: int | None) -> Tensor:
     """log_softmax(layer(x))[i, cols[i]] for each row, `chunk` rows of logits at a time."""
     n = x.shape[0]
     out = x.new_empty(n)

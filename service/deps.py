@@ -53,11 +53,9 @@ async def run_engine(func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) ->
 
 def context_notes(engine: Engine, context: str | None) -> tuple[bool, list[str]]:
     """(context_used, warnings) for a request that may carry a context."""
-    if context is None:
-        return False, []
-    if not engine.supports_context:
+    if context is not None and not engine.supports_context:
         return False, [f"context ignored: model {engine.name} was not trained with a context"]
-    return True, []
+    return engine.context_used(context), []
 
 
 def _too_long(value: str | None, limit: int, param: str) -> None:
@@ -102,7 +100,7 @@ def require_api_key(request: Request, settings: SettingsDep) -> None:
 ApiKeyDep = Depends(require_api_key)
 
 
-def get_job_store(request: Request) -> JobStore:
+async def get_job_store(request: Request) -> JobStore:
     return request.app.state.jobs
 
 
