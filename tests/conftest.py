@@ -17,6 +17,14 @@ PTB = DATA / "ptb"
 torch.set_num_threads(1)
 
 
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Say loudly when the corpora are missing: the tests that need them skip rather than fail."""
+    if not (WIKITEXT2 / "train.txt").exists():
+        terminalreporter.write_sep("!", f"corpora not found at {DATA}: the tests that train or score real text "
+                                        "were skipped; set RNNLM_TEST_DATA to the folder holding wikitext-2/",
+                                   yellow=True)
+
+
 @pytest.fixture(scope="session")
 def wikitext2() -> Path:
     if not (WIKITEXT2 / "train.txt").exists():
