@@ -3,6 +3,8 @@
 Run state (model, optimiser, scheduler, RNG, history) is saved after every epoch in `run_dir`,
 so a killed run continues from its last finished epoch and ends with the same weights as an
 unbroken one. The best model by validation perplexity is written to `out` as a model folder.
+`init` starts a new run (fresh optimiser and schedule) from the weights, architecture and
+vocabulary of an existing model folder, e.g. to train a finished model further.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -60,6 +62,7 @@ class TrainConfig:
     valid_tokens: int | None = None
     run_dir: str | None = None
     save_dtype: str = "float32"
+    init: str | None = None
 
     def __post_init__(self) -> None:
         checks = {
@@ -84,6 +87,12 @@ class TrainConfig:
             return Path(self.run_dir)
         cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
         return cache / "rnnlm" / "runs" / Path(self.out).resolve().as_posix().strip("/").replace("/", "__")
+
+    def adopt(self, model: ModelConfig, style: str) -> TrainConfig:
+        """This config with the architecture (and tokenizer style) of an existing model."""
+        return replace(self, arch=model.arch, emb=model.emb, hidden=model.hidden, layers=model.layers,
+                       tie=model.tie, adaptive=model.adaptive, cutoffs=list(model.cutoffs), context=model.context,
+                       style=style)
 
 
 @dataclass
@@ -190,12 +199,23 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     if out.exists() and not (resume or overwrite):
         raise CheckpointError(f"{out} already exists; pass --overwrite to replace it or --resume to continue")
     objective = objective or CrossEntropy()
+    base = load_model(cfg.init) if cfg.init else None
+    if base is not None:
+        if vocab is not None and vocab.itos != base.tokenizer.vocab.itos:
+            raise CheckpointError(f"{cfg.init} has a different vocabulary from the one this run must use")
+        vocab = base.tokenizer.vocab
+        cfg = cfg.adopt(base.config, base.tokenizer.style)
+        provenance = {**(provenance or {}), "init": _init_record(base)}
     corpus = load_corpus(cfg.data, vocab=vocab, max_vocab=cfg.max_vocab, titles=cfg.context or objective.titles,
                          train_tokens=cfg.train_tokens, valid_tokens=cfg.valid_tokens)
     tokenizer = Tokenizer(corpus.vocab, cfg.style)
     world = World.from_env()
     torch.manual_seed(cfg.seed)
-    model = RNNLM(cfg.model_config(len(corpus.vocab)))  # the same initial weights on every rank
+    if base is None:
+        model = RNNLM(cfg.model_config(len(corpus.vocab)))  # the same initial weights on every rank
+    else:
+        model = RNNLM(replace(base.config, dropout=cfg.dropout, context_dropout=cfg.context_dropout))
+        model.load_state_dict({k: v.float() for k, v in base.model.state_dict().items()})
     opt = _make_optimizer(cfg, model)
     sched = _make_scheduler(cfg, opt)
     batches = Batches(corpus.train, cfg.batch_size, cfg.bptt, world)
@@ -306,6 +326,16 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                        meta["parameters"], history)
 
 
+def _init_record(base) -> dict:
+    """What a warm-started model says about the model it started from."""
+    prov, metrics = base.meta.get("provenance", {}), base.meta.get("metrics", {})
+    record = {"name": base.name, "path": str(base.path), "epochs": prov.get("epochs"),
+              "seconds": prov.get("seconds"), "valid_ppl": metrics.get("valid_ppl")}
+    if "init" in prov:
+        record["init"] = prov["init"]
+    return record
+
+
 def _write_model(model: RNNLM, best_state: dict, tokenizer: Tokenizer, out: Path, cfg: TrainConfig,
                  corpus: Corpus, history: list[dict], seconds: float, provenance: dict | None) -> None:
     snapshot = RNNLM(model.config)
@@ -316,7 +346,8 @@ def _write_model(model: RNNLM, best_state: dict, tokenizer: Tokenizer, out: Path
             "corpus": str(corpus.train_path.parent.name), "train_file": corpus.train_path.name,
             "corpus_sha256": corpus.train_sha256, "epochs": len(history),
             "best_epoch": best["epoch"] if best else len(history), "seconds": round(seconds, 1),
-            "seed": cfg.seed, "train_config": {k: v for k, v in asdict(cfg).items() if k not in ("out", "run_dir")},
+            "seed": cfg.seed,
+            "train_config": {k: v for k, v in asdict(cfg).items() if k not in ("out", "run_dir", "init")},
             "torch": torch.__version__, **(provenance or {}),
         },
         "metrics": {"valid_ppl": best["valid_ppl"] if best else None, "parameters": snapshot.num_parameters()},

@@ -89,6 +89,9 @@ def _add_model_flags(p: argparse.ArgumentParser, *, emb: int, hidden: int, layer
     p.add_argument("--run-dir", default=None, help="resumable run state (default: ~/.cache/rnnlm/runs/...)")
     p.add_argument("--save-dtype", choices=("float32", "float16"), default="float32")
     p.add_argument("--resume", action="store_true", help="continue the run from its last finished epoch")
+    p.add_argument("--init", default=None, metavar="MODEL",
+                   help="start from this model folder's weights, architecture and vocabulary "
+                        "(a new run: fresh optimiser and schedule; architecture flags are ignored)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
     p.add_argument("--threads", type=_positive(), default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -191,7 +194,7 @@ def _train_config(args: argparse.Namespace):
         batch_size=args.batch_size, bptt=args.bptt, lr=args.lr, optimizer=args.optimizer,
         weight_decay=args.weight_decay, clip=args.clip, schedule=args.schedule, patience=args.patience,
         seed=args.seed, max_vocab=args.max_vocab, style=args.style, train_tokens=args.train_tokens,
-        valid_tokens=args.valid_tokens, run_dir=args.run_dir, save_dtype=args.save_dtype)
+        valid_tokens=args.valid_tokens, run_dir=args.run_dir, save_dtype=args.save_dtype, init=args.init)
 
 
 def _summary(result) -> str:

@@ -52,6 +52,13 @@ def test_train_then_refuse_to_overwrite(tiny_corpus, tmp_path):
     assert (out / "model.safetensors").read_bytes() == before
 
 
+def test_train_init_from_a_missing_model(tiny_corpus, tmp_path):
+    proc = rnnlm("train", "--data", str(tiny_corpus), "--out", str(tmp_path / "m"), "--init", str(tmp_path / "none"),
+                 "--quiet")
+    assert_one_line_error(proc, "rnnlm train: error:", "no such model folder")
+    assert not (tmp_path / "m").exists()
+
+
 @pytest.mark.parametrize("train_txt, fragment", [
     (None, "no such data folder"), (b"", "empty"), (b"\x00\x01\x02\x03", "binary"), (..., "no train.txt"),
 ])

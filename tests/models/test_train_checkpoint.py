@@ -110,3 +110,28 @@ def test_broken_model_folders_raise_checkpoint_error(tiny_model, tmp_path, break
         (folder / "config.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError):
         load_model(folder)
+
+
+def test_init_continues_from_a_model_folder(tiny_model, tiny_corpus, tmp_path):
+    base = load_model(tiny_model)
+    base_meta = json.loads((tiny_model / "config.json").read_text())
+    # architecture flags that disagree with the folder are replaced by the folder's
+    cfg = small_config(tiny_corpus, tmp_path / "more", init=str(tiny_model), emb=8, hidden=8, max_vocab=None,
+                       train_tokens=None, valid_tokens=None, epochs=1, lr=1e-9)
+    result = train(cfg, progress=False)
+    more = load_model(result.out)
+    assert more.config.to_dict() == base.config.to_dict()
+    assert more.tokenizer.vocab.itos == base.tokenizer.vocab.itos
+    # with a vanishing learning rate the weights are the folder's: the same validation perplexity
+    assert result.valid_ppl == pytest.approx(base_meta["metrics"]["valid_ppl"], rel=1e-3)
+    prov = json.loads((result.out / "config.json").read_text())["provenance"]
+    assert prov["init"]["name"] == "tiny" and prov["init"]["epochs"] == 2
+    assert prov["train_config"]["hidden"] == base.config.hidden
+
+
+def test_init_learns_faster_than_a_fresh_start(tiny_model, tiny_corpus, tmp_path):
+    fresh = train(small_config(tiny_corpus, tmp_path / "fresh", emb=32, hidden=48, max_vocab=3000, context=True,
+                               train_tokens=None, valid_tokens=None, epochs=1), progress=False)
+    warm = train(small_config(tiny_corpus, tmp_path / "warm", init=str(tiny_model), train_tokens=None,
+                              valid_tokens=None, max_vocab=None, epochs=1), progress=False)
+    assert warm.valid_ppl < fresh.valid_ppl
