@@ -3,6 +3,8 @@
 Run state (model, optimiser, scheduler, RNG, history) is saved after every epoch in `run_dir`,
 so a killed run continues from its last finished epoch and ends with the same weights as an
 unbroken one. The best model by validation perplexity is written to `out` as a model folder.
+From epoch `average_from` on, the weights are also averaged over every step (Polyak averaging,
+as in ASGD and SWA), and validation, early stopping and the written model use the average.
 `init` starts a new run (fresh optimiser and schedule) from the weights, architecture and
 vocabulary of an existing model folder, e.g. to train a finished model further.
 """
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from models.checkpoint import load_model, read_config, save_model
@@ -63,12 +66,14 @@ class TrainConfig:
     run_dir: str | None = None
     save_dtype: str = "float32"
     init: str | None = None
+    average_from: int | None = None
 
     def __post_init__(self) -> None:
         checks = {
             "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1, "bptt": self.bptt >= 2,
             "lr": 0 < self.lr < 100, "clip": self.clip >= 0, "patience": self.patience >= 1,
             "weight_decay": self.weight_decay >= 0,
+            "average_from": self.average_from is None or self.average_from >= 1,
             "schedule": self.schedule in SCHEDULES, "optimizer": self.optimizer in OPTIMIZERS,
             "save_dtype": self.save_dtype in ("float32", "float16"),
         }
@@ -222,6 +227,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     progress = progress and world.main
 
     start_epoch, best, bad_epochs, history, best_state, seconds = 1, math.inf, 0, [], None, 0.0
+    averaged: AveragedModel | None = None
     if resume:
         saved = torch.load(state_path, weights_only=True)
         if saved["model_config"] != model.config.to_dict():
@@ -234,6 +240,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         start_epoch, best, bad_epochs = saved["epoch"] + 1, saved["best"], saved["bad_epochs"]
         history, seconds = saved["history"], saved["seconds"]
         best_state = saved.get("best_model")
+        if saved.get("averaged") is not None:
+            averaged = AveragedModel(model)
+            averaged.load_state_dict(saved["averaged"])
     if world.size > 1:
         torch.manual_seed(cfg.seed + 1000 * start_epoch + world.rank)  # different dropout masks per rank
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -246,6 +255,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
             break
         t0 = time.perf_counter()
         model.train()
+        if averaged is None and cfg.average_from is not None and epoch >= cfg.average_from:
+            averaged = AveragedModel(model)
         state = model.init_state(cfg.batch_size)
         objective.start_epoch(batches)
         total_loss, n_steps = 0.0, 0
@@ -265,6 +276,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
             if cfg.clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
             opt.step()
+            if averaged is not None:
+                averaged.update_parameters(model)
             total_loss += loss.item()
             n_steps += 1
             step += 1
@@ -274,13 +287,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         bar.close()
         train_seconds = time.perf_counter() - t0
         valid_ppl = None
+        current = averaged.module if averaged is not None else model
         if corpus.valid is not None:
-            valid_ppl = evaluate_stream(model, corpus.valid, use_context=cfg.context).perplexity
+            valid_ppl = evaluate_stream(current, corpus.valid, use_context=cfg.context).perplexity
         metric = valid_ppl if valid_ppl is not None else math.exp(total_loss / max(n_steps, 1))
         improved = metric < best
         if improved:
             best, bad_epochs = metric, 0
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = copy.deepcopy(current.state_dict())
         else:
             bad_epochs += 1
         if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -300,6 +314,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                 "scheduler": sched.state_dict() if sched is not None else None, "rng": torch.get_rng_state(),
                 "best": best, "bad_epochs": bad_epochs, "history": history, "seconds": seconds,
                 "best_model": best_state, "model_config": model.config.to_dict(),
+                "averaged": averaged.state_dict() if averaged is not None else None,
             }, state_path)
         world.barrier()
         tokens_per_s = world.size * batches.tokens / max(train_seconds, 1e-9)

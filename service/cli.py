@@ -89,6 +89,8 @@ def _add_model_flags(p: argparse.ArgumentParser, *, emb: int, hidden: int, layer
     p.add_argument("--run-dir", default=None, help="resumable run state (default: ~/.cache/rnnlm/runs/...)")
     p.add_argument("--save-dtype", choices=("float32", "float16"), default="float32")
     p.add_argument("--resume", action="store_true", help="continue the run from its last finished epoch")
+    p.add_argument("--average-from", type=_positive(), default=None, metavar="EPOCH",
+                   help="from this epoch on, validate and save the average of the weights over all steps")
     p.add_argument("--init", default=None, metavar="MODEL",
                    help="start from this model folder's weights, architecture and vocabulary "
                         "(a new run: fresh optimiser and schedule; architecture flags are ignored)")
@@ -194,7 +196,8 @@ def _train_config(args: argparse.Namespace):
         batch_size=args.batch_size, bptt=args.bptt, lr=args.lr, optimizer=args.optimizer,
         weight_decay=args.weight_decay, clip=args.clip, schedule=args.schedule, patience=args.patience,
         seed=args.seed, max_vocab=args.max_vocab, style=args.style, train_tokens=args.train_tokens,
-        valid_tokens=args.valid_tokens, run_dir=args.run_dir, save_dtype=args.save_dtype, init=args.init)
+        valid_tokens=args.valid_tokens, run_dir=args.run_dir, save_dtype=args.save_dtype, init=args.init,
+        average_from=args.average_from)
 
 
 def _summary(result) -> str:

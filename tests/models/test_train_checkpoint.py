@@ -135,3 +135,34 @@ def test_init_learns_faster_than_a_fresh_start(tiny_model, tiny_corpus, tmp_path
     warm = train(small_config(tiny_corpus, tmp_path / "warm", init=str(tiny_model), train_tokens=None,
                               valid_tokens=None, max_vocab=None, epochs=1), progress=False)
     assert warm.valid_ppl < fresh.valid_ppl
+
+
+def test_weight_averaging_validates_and_writes_the_average(tiny_corpus, tmp_path):
+    cfg = small_config(tiny_corpus, tmp_path / "avg", epochs=2, average_from=2, optimizer="sgd", lr=5.0,
+                       schedule="none")
+    result = train(cfg, progress=False)
+    state = torch.load(tmp_path / "avg.run" / "state.pt", weights_only=True)
+    history = state["history"]
+    assert int(state["averaged"]["n_averaged"]) == history[1]["steps"]  # every step of epoch 2, none of epoch 1
+    written = load_file(str(result.out / "model.safetensors"))
+    raw = state["model"]
+    assert all(torch.equal(written[k], state["averaged"]["module." + k]) for k in written)
+    assert any(not torch.equal(written[k], raw[k]) for k in written)
+    meta = json.loads((result.out / "config.json").read_text())
+    assert meta["metrics"]["valid_ppl"] == pytest.approx(history[1]["valid_ppl"], rel=1e-4)
+
+
+def test_averaging_run_resumes_to_the_same_weights(tiny_corpus, tmp_path):
+    def config(name):
+        return small_config(tiny_corpus, tmp_path / name, epochs=3, average_from=2)
+    train(config("a"), progress=False)
+
+    def kill_after_second_epoch(report):
+        if report.epoch == 2:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        train(config("b"), on_epoch=kill_after_second_epoch, progress=False)
+    train(config("b"), resume=True, progress=False)
+    a = load_file(str(tmp_path / "a" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
