@@ -278,6 +278,10 @@ class JobRequest(Request):
     batch_size: int = Field(64, ge=1, le=MAX_SIZE)
     bptt: int = Field(35, ge=2, le=MAX_SIZE, description="truncated-BPTT window (tokens)")
     lr: float = Field(2e-3, gt=0, lt=100)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    schedule: Literal["plateau", "cosine", "none"] = Field("plateau", description="learning-rate schedule")
+    average_from: int | None = Field(None, ge=1, le=1000, description="from this epoch on, validate and save "
+                                     "the average of the weights over every step (averaged SGD)")
     clip: float = Field(0.25, ge=0, le=1000, description="gradient-norm clipping; 0 = off")
     patience: int = Field(3, ge=1, le=1000, description="early stopping: epochs without improvement")
     tie: bool = Field(False, description="tie input and output embeddings (full softmax)")

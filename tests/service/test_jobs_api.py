@@ -49,7 +49,8 @@ def submit(api: TestClient, **body) -> str:
 
 
 def test_train_job_runs_in_the_worker_and_its_model_is_served(api, worker, tiny_job, wait_for):
-    job_id = submit(api, type="train", name="fresh", **tiny_job())
+    job_id = submit(api, type="train", name="fresh", **tiny_job(), optimizer="sgd", lr=1.0, schedule="none",
+                    average_from=2)
     queued = api.get(f"/v1/jobs/{job_id}").json()
     assert queued["status"] == "queued" and queued["model"] is None and queued["params"]["emb"] == 16
     assert worker.run(once=True) == 1
@@ -61,6 +62,8 @@ def test_train_job_runs_in_the_worker_and_its_model_is_served(api, worker, tiny_
     assert done["started_at"] <= done["finished_at"]
     # the registry's watcher picks the new folder up: no restart
     wait_for(lambda: api.get("/v1/models/fresh").status_code == 200, 15, "the new model to be served")
+    recipe = api.get("/v1/models/fresh").json()["provenance"]["train_config"]
+    assert (recipe["optimizer"], recipe["schedule"], recipe["average_from"]) == ("sgd", "none", 2)
     r = api.post("/v1/score", json={"model": "fresh", "texts": ["The game was released in Japan ."]})
     assert r.status_code == 200, r.text
     assert r.json()["model"] == "fresh" and r.json()["results"][0]["logprob"] < 0
@@ -206,7 +209,8 @@ def test_distill_teacher_must_exist(api, tiny_job):
     ("emb", 0), ("emb", 4097), ("hidden", -1), ("layers", 0), ("layers", 9), ("epochs", 0), ("epochs", 1001),
     ("lr", 0), ("lr", 100), ("dropout", 1.0), ("dropout", -0.1), ("batch_size", 0), ("bptt", 1),
     ("max_vocab", 0), ("train_tokens", 0), ("seed", -1), ("arch", "transformer"), ("epochs", "many"),
-    ("teacher", "teacher"), ("alpha", 0.5), ("type", "finetune"), ("surprise", 1),
+    ("teacher", "teacher"), ("alpha", 0.5), ("type", "finetune"), ("surprise", 1), ("optimizer", "rmsprop"),
+    ("schedule", "linear"), ("average_from", 0),
 ])
 def test_out_of_range_parameters(api, tiny_job, field, value):
     body = {"type": "train", "name": "x", **tiny_job(), field: value}
