@@ -10,13 +10,23 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def model_parser(doc: str) -> argparse.ArgumentParser:
-    """An argument parser with --checkpoints, --model and --data (the script adds its own flags)."""
+def model_parser(doc: str, threads_help: str = "torch threads") -> argparse.ArgumentParser:
+    """An argument parser with --checkpoints, --model, --data and --threads (the script adds its own flags)."""
     parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--checkpoints", default="checkpoints")
     parser.add_argument("--model", default="lstm")
     parser.add_argument("--data", default="../shared/data/wikitext-2")
+    parser.add_argument("--threads", type=int, default=1, help=threads_help)
     return parser
+
+
+def load_bench_model(args: argparse.Namespace):
+    """Set the torch thread count from --threads and load the model named by --checkpoints/--model."""
+    import torch
+
+    from models.checkpoint import load_model
+    torch.set_num_threads(args.threads)
+    return load_model(Path(args.checkpoints) / args.model)
 
 
 def test_sentences(data: Path, n: int) -> list[str]:

@@ -178,14 +178,13 @@ def metric(text: str, name: str, model: str) -> float:
 
 
 def main() -> None:
-    parser = model_parser(__doc__)
+    parser = model_parser(__doc__, threads_help="torch threads of the server")
     parser.add_argument("--sequential", type=int, default=100, help="requests in the sequential scenario")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--concurrent", type=int, default=640, help="requests in the concurrent scenario")
     parser.add_argument("--sessions", type=int, default=3, help="texts typed in the typing scenario")
     parser.add_argument("--words", type=int, default=200, help="words typed per session")
     parser.add_argument("--time-limit", type=float, default=60, help="seconds per scenario at most")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of the server")
     args = parser.parse_args()
     if not (Path(args.checkpoints) / args.model / "config.json").is_file():
         sys.exit(f"no model {args.model!r} in {args.checkpoints}")

@@ -15,10 +15,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-import torch
-
-from benchlib import median_seconds, model_parser, test_sentences
-from models.checkpoint import load_model
+from benchlib import load_bench_model, median_seconds, model_parser, test_sentences
 from models.data import encode_lines, read_lines
 from models.engine import Engine
 from models.evaluate import evaluate_stream
@@ -29,10 +26,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=None, help="only the first N test tokens (default: all)")
     parser.add_argument("--sentences", type=int, default=500, help="sentences for the scoring speed")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    loaded = load_model(Path(args.checkpoints) / args.model)
+    loaded = load_bench_model(args)
     engines = {"fp32": Engine(loaded, state_cache_bytes=0), "int8": Engine(loaded, state_cache_bytes=0,
                                                                             quantize="int8")}
     swapped = Counter(type(m).__name__ for name, m in engines["int8"].model.named_modules()

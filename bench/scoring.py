@@ -17,8 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from benchlib import median_seconds, model_parser, test_sentences
-from models.checkpoint import load_model
+from benchlib import load_bench_model, median_seconds, model_parser, test_sentences
 from models.engine import Engine
 from models.rnnlm import RNNLM, ModelConfig, picked_log_probs
 
@@ -55,10 +54,8 @@ def main() -> None:
     parser.add_argument("--single", type=int, default=300, help="of those, how many are scored one per call")
     parser.add_argument("--rows", type=int, default=4096, help="feature rows for the output-layer figures")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    engine = Engine(load_model(Path(args.checkpoints) / args.model), state_cache_bytes=0)
+    engine = Engine(load_bench_model(args), state_cache_bytes=0)
     c = engine.model.config
     sentences = test_sentences(Path(args.data), args.sentences)
     print(f"model {args.model}: {c.arch} {c.layers}x{c.hidden}, vocab {c.vocab_size:,}, "

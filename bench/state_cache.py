@@ -14,10 +14,7 @@ import statistics
 import time
 from pathlib import Path
 
-import torch
-
-from benchlib import model_parser
-from models.checkpoint import load_model
+from benchlib import load_bench_model, model_parser
 from models.engine import Engine
 
 
@@ -26,10 +23,8 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=5, help="texts typed")
     parser.add_argument("--words", type=int, default=200, help="words per text")
     parser.add_argument("--cache-mb", type=float, default=64)
-    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    loaded = load_model(Path(args.checkpoints) / args.model)
+    loaded = load_bench_model(args)
     text = (Path(args.data) / "test.txt").read_text(encoding="utf-8")
     words = [w for line in text.splitlines() if line.strip() and not line.strip().startswith("=")
              for w in re.sub(r"\s+", " ", line).split()]
