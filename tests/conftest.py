@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
 import time
+from types import SimpleNamespace
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 
@@ -66,19 +70,51 @@ def data_root(tmp_path_factory, wikitext2: Path) -> Path:
     return root
 
 
-def _wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
+def _wait_for(predicate, timeout: float = 30.0, what: str = "condition",
+              proc: subprocess.Popen | None = None, log: Path | None = None):
+    """Poll `predicate` until it returns something truthy (an httpx error counts as not yet); fail at once
+    with the tail of `log` if `proc` exits first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        value = predicate()
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-4000:] if log is not None else ""
+            pytest.fail(f"process exited ({proc.returncode}) while waiting for {what}:\n{tail}")
+        try:
+            value = predicate()
+        except httpx.HTTPError:
+            value = None
         if value:
             return value
         time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    tail = log.read_text(errors="replace")[-4000:] if log is not None else ""
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}" + (f":\n{tail}" if tail else ""))
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, log: Path, what: str, timeout_s: float = 180.0) -> None:
+    """Wait until GET `url` answers 200 (a server's /ready, an exporter's /metrics)."""
+    _wait_for(lambda: httpx.get(url, timeout=2).status_code == 200, timeout_s, what, proc, log)
+
+
+def _stop(proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited after `timeout_s`."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    """This environment without RNNLM_* settings (a child must not inherit the developer's), plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RNNLM_")}
+    return {**env, "PYTHONUNBUFFERED": "1", **extra}
 
 
 @pytest.fixture(scope="session")
 def wait_for():
-    """`wait_for(predicate, timeout, what)` -> the first truthy value of predicate(), polling every 50 ms."""
+    """`wait_for(predicate, timeout, what, proc=None, log=None)` -> the first truthy value of predicate()."""
     return _wait_for
 
 
@@ -90,3 +126,11 @@ def free_port():
             s.bind(("127.0.0.1", 0))
             return s.getsockname()[1]
     return pick
+
+
+@pytest.fixture(scope="session")
+def proc_tools(free_port) -> SimpleNamespace:
+    """Helpers for tests that start real processes: free_port(), clean_env(**extra), wait_for(predicate,
+    timeout, what, proc, log), wait_ready(url, proc, log, what, timeout_s) and stop(proc)."""
+    return SimpleNamespace(free_port=free_port, clean_env=_clean_env, wait_for=_wait_for, wait_ready=_wait_ready,
+                           stop=_stop)

@@ -10,17 +10,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import ModuleType
 from typing import Any
 
-import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -121,12 +118,6 @@ def substitute() -> Callable[..., Any]:
 
 
 @pytest.fixture(scope="session")
-def child_env() -> Callable[..., dict[str, str]]:
-    """`child_env(**extra)`: this environment without RNNLM_* variables, plus `extra`."""
-    return clean_env
-
-
-@pytest.fixture(scope="session")
 def raw_compose(need_module) -> dict:
     yaml = need_module("yaml")
     return yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))  # safe_load resolves the `<<` merge keys
@@ -144,42 +135,6 @@ def compose(raw_compose: dict, env_example: dict[str, str]) -> dict:
 
 
 # ---- a live api + worker pair ------------------------------------------------------------------------
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RNNLM_")}
-    return {**env, "PYTHONUNBUFFERED": "1", **extra}
-
-
-def wait_for(url: str, proc: subprocess.Popen, log: Path, what: str, timeout_s: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"{what} exited with {proc.returncode}:\n{log.read_text(errors='replace')[-4000:]}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} did not answer {url} in {timeout_s:.0f} s:\n{log.read_text(errors='replace')[-4000:]}")
-        time.sleep(0.3)
-
-
-def stop(proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@pytest.fixture(scope="session")
-def proc_tools(free_port) -> SimpleNamespace:
-    """Helpers for tests that start processes: free_port(), wait_for(url, proc, log, what), stop(proc), clean_env()."""
-    return SimpleNamespace(free_port=free_port, wait_for=wait_for, stop=stop, clean_env=clean_env)
-
-
 @dataclass
 class Stack:
     api_url: str
@@ -193,7 +148,7 @@ class Stack:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, free_port) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, proc_tools) -> Iterator[Stack]:
     """`rnnlm serve` and `rnnlm worker` as real processes sharing a checkpoint dir and job database,
     as the compose file runs them (but on 127.0.0.1 and free ports)."""
     root = tmp_path_factory.mktemp("deploy-stack")
@@ -201,7 +156,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, free_port)
     checkpoints.mkdir()
     jobs_db.parent.mkdir()
     shutil.copytree(tiny_model, checkpoints / "lstm")
-    api_port, metrics_port = free_port(), free_port()
+    api_port, metrics_port = proc_tools.free_port(), proc_tools.free_port()
     common = ["--checkpoints", str(checkpoints), "--jobs-db", str(jobs_db), "--threads", "1"]
     procs: list[subprocess.Popen] = []
     logs = {}
@@ -211,12 +166,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, free_port)
             logs[name] = root / f"{name}.log"
             with open(logs[name], "wb") as out:
                 procs.append(subprocess.Popen([sys.executable, "-m", "service.cli", *args], cwd=REPO,
-                                              env=clean_env(), stdout=out, stderr=subprocess.STDOUT))
+                                              env=proc_tools.clean_env(), stdout=out, stderr=subprocess.STDOUT))
         s = Stack(api_url=f"http://127.0.0.1:{api_port}", api_port=api_port, worker_metrics_port=metrics_port,
                   logs=root)
-        wait_for(f"{s.api_url}/ready", procs[0], logs["api"], "rnnlm serve")
-        wait_for(s.worker_metrics_url, procs[1], logs["worker"], "rnnlm worker")
+        proc_tools.wait_ready(f"{s.api_url}/ready", procs[0], logs["api"], "rnnlm serve")
+        proc_tools.wait_ready(s.worker_metrics_url, procs[1], logs["worker"], "rnnlm worker")
         yield s
     finally:
         for proc in procs:
-            stop(proc)
+            proc_tools.stop(proc)

@@ -55,13 +55,13 @@ def test_compose_file_matches_the_compose_spec(compose_schema: dict, raw_compose
     assert schema_errors(compose_schema, compose) == []      # as compose sees it with .env.example
 
 
-def test_docker_compose_config(child_env) -> None:
+def test_docker_compose_config(proc_tools) -> None:
     """The real parser, where the compose plugin exists (not in CI: no Docker there)."""
     docker = shutil.which("docker")
     if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:
         pytest.skip("`docker compose` plugin not installed; the schema test covers the file")
     proc = subprocess.run([docker, "compose", "--env-file", str(ENV_EXAMPLE), "-f", str(COMPOSE_FILE), "config",
-                           "--quiet"], capture_output=True, text=True, cwd=REPO, env=child_env(), timeout=60)
+                           "--quiet"], capture_output=True, text=True, cwd=REPO, env=proc_tools.clean_env(), timeout=60)
     assert proc.returncode == 0, proc.stderr
 
 
@@ -225,15 +225,15 @@ def test_grafana_is_provisioned_from_the_repository(compose: dict, need_module) 
     assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "change-me-too"
 
 
-def test_healthchecks_probe_the_live_processes(compose: dict, stack, child_env) -> None:
+def test_healthchecks_probe_the_live_processes(compose: dict, stack, proc_tools) -> None:
     """The api and worker health checks, run as the container runs them, pass against live processes
     and fail when nothing listens."""
     for name, env in (("api", {"RNNLM_PORT": str(stack.api_port)}),
                       ("worker", {"RNNLM_WORKER_METRICS_PORT": str(stack.worker_metrics_port)})):
         kind, program, *args = compose["services"][name]["healthcheck"]["test"]
         assert kind == "CMD" and program == "python"
-        ok = subprocess.run([sys.executable, *args], env=child_env(**env), capture_output=True, timeout=30)
+        ok = subprocess.run([sys.executable, *args], env=proc_tools.clean_env(**env), capture_output=True, timeout=30)
         assert ok.returncode == 0, (name, ok.stderr)
         dead = {key: "9" for key in env}  # the discard port: nothing listens there
-        bad = subprocess.run([sys.executable, *args], env=child_env(**dead), capture_output=True, timeout=30)
+        bad = subprocess.run([sys.executable, *args], env=proc_tools.clean_env(**dead), capture_output=True, timeout=30)
         assert bad.returncode != 0, name

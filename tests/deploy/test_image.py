@@ -121,16 +121,16 @@ def test_paths_are_the_compose_volume_mount_points(steps, compose) -> None:
     assert shipped and shipped[0].split()[-1].rstrip("/") == env["RNNLM_CHECKPOINTS"]
 
 
-def test_image_healthcheck_probes_health(steps, stack, child_env) -> None:
+def test_image_healthcheck_probes_health(steps, stack, proc_tools) -> None:
     """The image's HEALTHCHECK command passes against a live server and fails when none listens."""
     (check,) = [a for i, a in steps if i == "HEALTHCHECK"]
     command = json.loads(check[check.index("CMD") + 3:].strip())
     program, *args = command
     assert program == "python" and "/health" in args[-1]
-    ok = subprocess.run([sys.executable, *args], env=child_env(RNNLM_PORT=str(stack.api_port)),
+    ok = subprocess.run([sys.executable, *args], env=proc_tools.clean_env(RNNLM_PORT=str(stack.api_port)),
                         capture_output=True, timeout=30)
     assert ok.returncode == 0, ok.stderr
-    assert subprocess.run([sys.executable, *args], env=child_env(RNNLM_PORT="9"), capture_output=True,
+    assert subprocess.run([sys.executable, *args], env=proc_tools.clean_env(RNNLM_PORT="9"), capture_output=True,
                           timeout=30).returncode != 0
 
 

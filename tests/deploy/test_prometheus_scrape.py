@@ -91,7 +91,7 @@ def prometheus(prometheus_binary: str, need_module, stack, proc_tools,
                                 cwd=root, env=proc_tools.clean_env(), stdout=out, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
-        proc_tools.wait_for(f"{url}/-/ready", proc, log, "prometheus", timeout_s=60)
+        proc_tools.wait_ready(f"{url}/-/ready", proc, log, "prometheus", timeout_s=60)
         yield Prometheus(url)
     finally:
         proc_tools.stop(proc)

@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,49 +16,25 @@ from prometheus_client.parser import text_string_to_metric_families
 REPO = Path(__file__).resolve().parents[2]
 
 
-def clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RNNLM_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def serve(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "service.cli", "serve", *args], cwd=REPO, env=clean_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
 @pytest.fixture
-def server(tmp_path: Path, tiny_model: Path, free_port) -> Iterator[str]:
+def server(tmp_path: Path, tiny_model: Path, proc_tools) -> Iterator[str]:
     checkpoints = tmp_path / "checkpoints"
     checkpoints.mkdir()
     shutil.copytree(tiny_model, checkpoints / "lstm")
-    port = free_port()
-    proc = serve("--port", str(port), "--checkpoints", str(checkpoints), "--threads", "1")
+    port, log = proc_tools.free_port(), tmp_path / "serve.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port),
+                                 "--checkpoints", str(checkpoints), "--threads", "1"],
+                                cwd=REPO, env=proc_tools.clean_env(), stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{proc.stdout.read()}")
-            try:
-                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("server did not become ready in 90 s")
-            time.sleep(0.2)
+        proc_tools.wait_ready(f"{url}/ready", proc, log, "rnnlm serve", timeout_s=90)
         yield url
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        proc_tools.stop(proc)
     # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status reports the signal.
-    assert proc.returncode in (0, -signal.SIGTERM), proc.stdout.read()
-    assert "Application shutdown complete" in proc.stdout.read()
+    assert proc.returncode in (0, -signal.SIGTERM), log.read_text()
+    assert "Application shutdown complete" in log.read_text()
 
 
 def test_real_server(server: str) -> None:
@@ -107,9 +81,9 @@ def test_real_server(server: str) -> None:
         assert requests[("/ready", "200")] >= 1
 
 
-def test_public_address_needs_a_key() -> None:
+def test_public_address_needs_a_key(proc_tools) -> None:
     proc = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--host", "0.0.0.0", "--port", "1"],
-                          cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=120)
+                          cwd=REPO, env=proc_tools.clean_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1

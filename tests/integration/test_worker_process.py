@@ -28,22 +28,6 @@ def rnnlm(*args: str) -> list[str]:
     return [sys.executable, "-m", "service.cli", *args]
 
 
-def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"process exited ({proc.returncode}) while waiting for {what}:\n"
-                                 + (log.read_text() if log else ""))
-        try:
-            value = predicate()
-        except httpx.HTTPError:
-            value = None
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}\n" + (log.read_text()[-4000:] if log else ""))
-
-
 def children(pid: int) -> list[int]:
     """Live child processes of `pid` (Linux /proc)."""
     found = []
@@ -57,8 +41,9 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def test_serve_with_worker_trains_and_serves_a_new_model(tmp_path, data_root, free_port):
-    port, metrics_port = free_port(), free_port()
+def test_serve_with_worker_trains_and_serves_a_new_model(tmp_path, data_root, proc_tools):
+    port, metrics_port = proc_tools.free_port(), proc_tools.free_port()
+    wait_for = proc_tools.wait_for
     checkpoints = tmp_path / "checkpoints"
     checkpoints.mkdir()
     log = tmp_path / "serve.log"
@@ -89,19 +74,14 @@ def test_serve_with_worker_trains_and_serves_a_new_model(tmp_path, data_root, fr
         workers = children(proc.pid)
         assert len(workers) == 1
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        proc_tools.stop(proc, timeout_s=60)
     # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status reports the signal
     assert proc.returncode in (0, -signal.SIGTERM), log.read_text()
     assert "stopping after the current step" in log.read_text()  # the worker got SIGTERM from the server
     assert children(proc.pid) == [] and not Path(f"/proc/{workers[0]}").exists()  # the worker went with it
 
 
-def test_sigkilled_worker_job_resumes_from_its_last_epoch(tmp_path, data_root):
+def test_sigkilled_worker_job_resumes_from_its_last_epoch(tmp_path, data_root, wait_for):
     db, checkpoints = tmp_path / "jobs.db", tmp_path / "checkpoints"
     store = JobStore(db)
     epochs = 8
