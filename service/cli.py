@@ -15,37 +15,26 @@ from collections.abc import Sequence
 EXIT_USAGE, EXIT_ERROR = 2, 1
 
 
-def _positive(kind=int):
+def _number(kind, ok, bounds: str, what: str = "a number"):
+    """An argparse type: `kind(text)`, accepted when `ok(value)`; otherwise "must be {bounds}"."""
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
         return value
-    parse.__name__ = f"positive {kind.__name__}"
+    parse.__name__ = what
     return parse
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be in [0, 65535], got {text}")
-    return value
+def _positive(kind=int):
+    return _number(kind, lambda v: v > 0, "> 0", f"a positive {kind.__name__}")
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
+_port = _number(int, lambda v: 0 <= v <= 65535, "in [0, 65535]", "a port number")
+_fraction = _number(float, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
 
 
 def _cutoffs(text: str) -> list[int]:
