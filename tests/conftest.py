@@ -6,8 +6,8 @@ import signal
 import socket
 import subprocess
 import time
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
