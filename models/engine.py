@@ -175,6 +175,11 @@ class Engine:
         vector = self.model.context_vector(torch.tensor(ids, dtype=torch.long), torch.zeros(1, dtype=torch.long))
         return vector.expand(batch, -1)
 
+    def _context_words(self, context: str | None) -> Tensor | None:
+        """The topic words the model's context boost raises, or None."""
+        ids = self._context_ids(context)
+        return None if ids is None else self.model.context_words(ids)
+
     def context_used(self, context: str | None) -> bool:
         return bool(context and context.strip()) and self.supports_context
 
@@ -212,6 +217,7 @@ class Engine:
         order = sorted((i for i in range(len(targets)) if targets[i]), key=lambda i: len(targets[i]), reverse=True)
         out: list[list[float]] = [[] for _ in targets]
         ctx = self._context(context, 1)
+        words = self._context_words(context)
         eos = self.vocab.eos
         start = 0
         while start < len(order):
@@ -230,7 +236,7 @@ class Engine:
             tgt[mask] = flat
             inputs = torch.cat([torch.full((len(batch), 1), eos), tgt[:, :-1]], dim=1)
             feats, _ = self.model.features(inputs, None, ctx.expand(len(batch), -1) if ctx is not None else None)
-            logp = self.model.target_log_probs(feats[mask], flat).tolist()
+            logp = self.model.target_log_probs(feats[mask], flat, words=words).tolist()
             pos = 0
             for i, n in zip(batch, lens):
                 out[i] = logp[pos:pos + n]
@@ -277,7 +283,7 @@ class Engine:
             text = text[: match.start()]
         ids = self.tokenizer.encode(text).ids
         feat, _ = self._prefix_state(ids, context)
-        probs = self.model.log_probs(feat)[0].exp()
+        probs = self.model.log_probs(feat, self._context_words(context))[0].exp()
         if prefix is None:
             probs[self._banned] = 0.0
             probs[self.vocab.eos] = 0.0
@@ -317,7 +323,7 @@ class Engine:
         params.validate()
         gen = torch.Generator().manual_seed(params.seed if params.seed is not None else torch.seed())
         n = params.n
-        ctx = self._context(context, n)
+        ctx, words = self._context(context, n), self._context_words(context)
         feat, state = self._prefix_state(self.tokenizer.encode(prompt).ids, context)
         feat = feat.expand(n, -1)
         state = tuple(s.expand(-1, n, -1).contiguous() for s in state) if isinstance(state, tuple) \
@@ -325,7 +331,7 @@ class Engine:
         out: list[list[str]] = [[] for _ in range(n)]
         active = list(range(n))
         for step in range(params.max_tokens):
-            logp = self.model.log_probs(feat)                     # [n, V]
+            logp = self.model.log_probs(feat, words)              # [n, V]
             choice = self._sample(logp, params, gen)              # [n]
             chosen_logp = logp.gather(1, choice[:, None]).squeeze(1)
             still = []

@@ -1,11 +1,14 @@
-"""Perplexity of a whole token stream, every token predicted (the first from <eos>)."""
+"""Perplexity of a whole token stream, every token predicted (the first from <eos>), and the
+context boost fitted on one."""
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
 from models.data import Stream
 from models.rnnlm import RNNLM, detach_state
@@ -22,15 +25,14 @@ class StreamScore:
         return math.exp(self.nll / max(self.num_tokens, 1))
 
 
-@torch.inference_mode()
-def evaluate_stream(model: RNNLM, stream: Stream, use_context: bool = True, rows: int = 16,
-                    window: int = 256) -> StreamScore:
-    """Split the stream into `rows` contiguous segments scored in parallel with carried state.
+def _windows(model: RNNLM, stream: Stream, use_context: bool, rows: int,
+             window: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """(features, targets, title ids) of the real positions of each window, in eval mode.
 
+    The stream is split into `rows` contiguous segments run in parallel with carried state.
     Inputs are the stream shifted right by one with <eos> in front, so all N tokens are predicted;
     each segment starts from a zero state (the published convention also resets per batch row).
     """
-    t0 = time.perf_counter()
     was_training = model.training
     model.eval()
     n = stream.ids.numel()
@@ -44,17 +46,85 @@ def evaluate_stream(model: RNNLM, stream: Stream, use_context: bool = True, rows
     y = torch.cat([stream.ids, stream.ids.new_zeros(pad)]).view(shape)
     t = torch.cat([stream.titles, stream.titles.new_zeros(pad)]).view(shape)
     mask = (torch.arange(rows * length) < n).view(shape)
-    use_context = use_context and model.config.context
     vectors = model.context_vector(*stream.title_table()) if use_context else None
     state = None
-    nll = 0.0
     for start in range(0, length, window):
         sl = slice(start, start + window)
         ctx = vectors[t[:, sl]] if use_context else None
         feats, state = model.features(x[:, sl], state, ctx)
         state = detach_state(state)
-        logp = model.target_log_probs(feats, y[:, sl])
-        nll -= logp[mask[:, sl]].double().sum().item()
+        m = mask[:, sl]
+        yield feats[m], y[:, sl][m], t[:, sl][m]
     model.train(was_training)
-    return StreamScore(nll, n, time.perf_counter() - t0)
 
+
+def topic_target_log_probs(model: RNNLM, feats: Tensor, targets: Tensor, titles: Tensor,
+                           title_words: list[list[int]]) -> Tensor:
+    """`target_log_probs` where each row has its own topic (an index into `title_words`)."""
+    out = model.target_log_probs(feats, targets)
+    for tid in titles.unique().tolist():
+        words = model.context_words(title_words[tid])
+        if words is not None:
+            rows = (titles == tid).nonzero().squeeze(1)
+            out[rows] += model.boost_terms(feats[rows], targets[rows], words)
+    return out
+
+
+@torch.inference_mode()
+def evaluate_stream(model: RNNLM, stream: Stream, use_context: bool = True, rows: int = 16,
+                    window: int = 256) -> StreamScore:
+    """NLL of every token; with context, each token is conditioned on its article's title."""
+    t0 = time.perf_counter()
+    use_context = use_context and model.config.context
+    nll = 0.0
+    for feats, targets, titles in _windows(model, stream, use_context, rows, window):
+        if use_context:
+            logp = topic_target_log_probs(model, feats, targets, titles, stream.title_words)
+        else:
+            logp = model.target_log_probs(feats, targets)
+        nll -= logp.double().sum().item()
+    return StreamScore(nll, stream.ids.numel(), time.perf_counter() - t0)
+
+
+def fit_context_boost(model: RNNLM, stream: Stream, rows: int = 16, window: int = 256) -> list[float]:
+    """The per-frequency-class log-boosts of the title words that minimise the stream's NLL.
+
+    A handful of numbers fitted on held-out text by L-BFGS; the objective, with s_c the model's
+    probability of the title's class-c words and hit the target's class when it is a title word,
+    is sum over tokens of log(1 + sum_c (e^b_c - 1) s_c) - b_hit (the rest does not depend on b).
+    """
+    config = model.config
+    if not config.context:
+        raise ValueError("the context boost needs a model trained with context")
+    cutoffs = torch.tensor(config.cutoffs)
+    hits, sums = [], []
+    with torch.inference_mode():
+        for feats, targets, titles in _windows(model, stream, True, rows, window):
+            hit = torch.full_like(targets, -1)
+            mass = torch.zeros(len(targets), config.num_classes, dtype=torch.float64)
+            for tid in titles.unique().tolist():
+                words = torch.tensor(stream.title_words[tid], dtype=torch.long).unique()
+                if not words.numel():
+                    continue
+                at = (titles == tid).nonzero().squeeze(1)
+                classes = torch.bucketize(words, cutoffs, right=True)
+                probs = model.word_log_probs(feats[at], words).exp().double()
+                mass[at] = mass[at].index_add(1, classes, probs)
+                found = targets[at, None] == words[None, :]
+                inside = found.any(1)
+                hit[at[inside]] = classes[found[inside].int().argmax(1)]
+            hits.append(hit)
+            sums.append(mass)
+    hit, mass = torch.cat(hits).clone(), torch.cat(sums).clone()  # plain tensors, for autograd
+    boost = torch.zeros(config.num_classes, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([boost], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        bonus = torch.cat([boost, boost.new_zeros(1)])[hit]  # hit == -1 picks the trailing zero
+        loss = (torch.log1p((mass * boost.expm1()).sum(1)) - bonus).mean()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return [round(float(b), 4) for b in boost.detach()]

@@ -3,8 +3,11 @@
 An RNNLM maps token ids to output features; the output layer turns features into
 log-probabilities, either a (possibly tied) linear softmax or an adaptive softmax
 (Grave et al., 2017) whose clusters make large vocabularies cheap on a CPU.
-Optional conditioning: a context vector (the mean embedding of a topic's words)
-is concatenated to every step's input (Mikolov & Zweig, 2012).
+Optional conditioning on a topic (e.g. an article title), in two parts: a context vector (the
+mean embedding of the topic's words) is concatenated to every step's input (Mikolov & Zweig,
+2012), and the topic's own words get their probability multiplied by exp(boost[frequency class])
+and the distribution renormalised, a unigram cache of the topic (Kuhn & De Mori, 1990) whose
+few boosts are fitted on held-out text after training (`models.context_boost`).
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ class ModelConfig:
     div_value: float = 4.0
     context: bool = False
     context_dropout: float = 0.3
+    context_boost: list[float] = field(default_factory=list)  # log-boost per frequency class; [] = none
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -46,6 +50,14 @@ class ModelConfig:
         self.cutoffs = [c for c in self.cutoffs if 0 < c < self.vocab_size - 1]
         if self.adaptive and not self.cutoffs:
             self.adaptive = False  # vocabulary too small for clusters: plain softmax is exact and cheap
+        self.context_boost = [float(b) for b in self.context_boost]
+        if self.context_boost and len(self.context_boost) != self.num_classes:
+            raise ValueError(f"context_boost needs one value per frequency class ({self.num_classes})")
+
+    @property
+    def num_classes(self) -> int:
+        """Frequency classes of the vocabulary (ids are frequency-ranked): split at the cutoffs."""
+        return len(self.cutoffs) + 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -142,15 +154,65 @@ class RNNLM(nn.Module):
         return (h, h.clone()) if c.arch == "lstm" else h
 
     # ---- output layer -----------------------------------------------------------------------
-    def log_probs(self, feats: Tensor) -> Tensor:
-        """Full log-distribution over the vocabulary for every feature row ([..., V])."""
+    def log_probs(self, feats: Tensor, words: Tensor | None = None) -> Tensor:
+        """Full log-distribution over the vocabulary for every feature row ([..., V]).
+
+        `words` are the topic's word ids (`context_words`); they get the context boost.
+        """
         shape = feats.shape[:-1]
         flat = feats.reshape(-1, feats.shape[-1])
         if self.softmax is not None:
             out = self.softmax.log_prob(flat)
         else:
             out = F.log_softmax(self.decoder(flat), dim=-1)
+        boost = self.word_boost(words)
+        if boost is not None:
+            bonus = out.new_zeros(out.shape[-1])
+            bonus[words] = boost.to(out.dtype)
+            out = out + bonus
+            out = out - torch.logsumexp(out, dim=-1, keepdim=True)
         return out.reshape(*shape, -1)
+
+    def context_words(self, ids: list[int] | Tensor) -> Tensor | None:
+        """The distinct word ids of a topic that the context boost applies to (None: no boost)."""
+        if not self.config.context_boost:
+            return None
+        words = torch.as_tensor(ids, dtype=torch.long).unique()
+        return words if words.numel() else None
+
+    def word_boost(self, words: Tensor | None) -> Tensor | None:
+        """Each topic word's log-boost, by its frequency class."""
+        if words is None or not self.config.context_boost:
+            return None
+        classes = torch.bucketize(words, torch.tensor(self.config.cutoffs), right=True)
+        return torch.tensor(self.config.context_boost)[classes]
+
+    def word_log_probs(self, feats: Tensor, words: Tensor, chunk: int = 1024) -> Tensor:
+        """log p(w) for each feature row and each of a few words ([rows, K]), unboosted.
+
+        An adaptive softmax evaluates the head and only the tail clusters that hold one of `words`.
+        """
+        flat = feats.reshape(-1, feats.shape[-1])
+        out = flat.new_empty(flat.shape[0], words.numel())
+        for start in range(0, flat.shape[0], chunk):
+            x = flat[start:start + chunk]
+            if self.softmax is None:
+                out[start:start + chunk] = F.log_softmax(self.decoder(x), dim=-1)[:, words]
+                continue
+            sm = self.softmax
+            bounds = sm.cutoffs
+            head = F.log_softmax(sm.head(x), dim=-1)
+            cluster = torch.bucketize(words, torch.tensor(bounds[:-1]), right=True)
+            part = x.new_empty(x.shape[0], words.numel())
+            for c in cluster.unique().tolist():
+                cols = (cluster == c).nonzero().squeeze(1)
+                if c == 0:
+                    part[:, cols] = head[:, words[cols]]
+                else:
+                    tail = F.log_softmax(sm.tail[c - 1](x), dim=-1)[:, words[cols] - bounds[c - 1]]
+                    part[:, cols] = head[:, sm.shortlist_size + c - 1, None] + tail
+            out[start:start + chunk] = part
+        return out
 
     def logits(self, feats: Tensor) -> Tensor:
         """Unnormalised scores whose softmax is the model's distribution (log-probs for adaptive)."""
@@ -158,8 +220,12 @@ class RNNLM(nn.Module):
             return self.log_probs(feats)
         return self.decoder(feats)
 
-    def target_log_probs(self, feats: Tensor, targets: Tensor, chunk: int | None = None) -> Tensor:
+    def target_log_probs(self, feats: Tensor, targets: Tensor, chunk: int | None = None,
+                         words: Tensor | None = None) -> Tensor:
         """log p(target) for each row without materialising [rows, V] at once.
+
+        With a topic's `words`, the boosted distribution: p'(w) = p(w) e^b(w) / Z, where b is zero
+        off the topic and Z = 1 + sum over the topic's words of (e^b(w) - 1) p(w).
 
         Every output layer is evaluated `chunk` rows at a time (default: as many rows as keep one
         chunk's logits within ~CHUNK_ELEMENTS floats, so they stay in cache between the matmul
@@ -181,7 +247,16 @@ class RNNLM(nn.Module):
                 rows = (cluster == c).nonzero().squeeze(1)
                 if rows.numel():
                     out[rows] += picked_log_probs(sm.tail[c - 1], flat[rows], tgt[rows] - bounds[c - 1], chunk)
+        if words is not None and self.config.context_boost:
+            out = out + self.boost_terms(flat, tgt, words)
         return out.reshape(targets.shape)
+
+    def boost_terms(self, feats: Tensor, targets: Tensor, words: Tensor) -> Tensor:
+        """What the context boost adds to log p(target) for each row: b(target) - log Z."""
+        boost = self.word_boost(words)
+        hit = targets.reshape(-1, 1) == words[None, :]                    # [rows, K]
+        norm = torch.log1p((self.word_log_probs(feats, words).exp() * boost.expm1()).sum(-1))
+        return (hit * boost).sum(-1) - norm
 
     def loss(self, feats: Tensor, targets: Tensor) -> Tensor:
         """Mean cross-entropy (nats per token) of the targets."""

@@ -27,7 +27,7 @@ from models.checkpoint import load_model, read_config, save_model
 from models.data import Corpus, Stream, batchify, load_corpus, num_windows, tbptt_windows
 from models.errors import CheckpointError, DataError, TrainingCancelled
 from models.distributed import World
-from models.evaluate import evaluate_stream
+from models.evaluate import evaluate_stream, fit_context_boost
 from models.rnnlm import RNNLM, ModelConfig, detach_state
 from models.tokenizer import Tokenizer, Vocab
 
@@ -219,7 +219,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     if base is None:
         model = RNNLM(cfg.model_config(len(corpus.vocab)))  # the same initial weights on every rank
     else:
-        model = RNNLM(replace(base.config, dropout=cfg.dropout, context_dropout=cfg.context_dropout))
+        # the boost is refitted for the new weights in `finalize`
+        model = RNNLM(replace(base.config, dropout=cfg.dropout, context_dropout=cfg.context_dropout,
+                              context_boost=[]))
         model.load_state_dict({k: v.float() for k, v in base.model.state_dict().items()})
     opt = _make_optimizer(cfg, model)
     sched = _make_scheduler(cfg, opt)
@@ -372,11 +374,18 @@ def _write_model(model: RNNLM, best_state: dict, tokenizer: Tokenizer, out: Path
 
 
 def finalize(out: Path, corpus: Corpus) -> float | None:
-    """Re-measure the written model (as stored, e.g. fp16) on valid/test and record it in config.json."""
+    """Re-measure the written model (as stored, e.g. fp16) on valid/test and record it in config.json.
+
+    A context model first gets its title-word boost fitted on the validation split (a few numbers,
+    see `fit_context_boost`), so its valid figure is measured on the text the boost was fitted to.
+    """
     loaded = load_model(out)
     meta = loaded.meta
     metrics = meta.setdefault("metrics", {})
+    metrics.pop("fingerprint", None)  # recorded for the model as it was; re-record with `rnnlm eval --record`
     use_ctx = loaded.config.context
+    if use_ctx and corpus.valid is not None:
+        loaded.config.context_boost = fit_context_boost(loaded.model, corpus.valid)
     if corpus.valid is not None:
         metrics["valid_ppl"] = round(evaluate_stream(loaded.model, corpus.valid, use_context=use_ctx).perplexity, 4)
     test_ppl = None

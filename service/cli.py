@@ -122,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also store the result under metrics.KEY in the model's config.json")
     p.add_argument("--threads", type=_positive(), default=None)
 
+    p = sub.add_parser("fit-boost", help="fit a context model's title-word boost on a corpus's validation "
+                                         "split and re-measure its perplexities")
+    p.add_argument("--model", required=True, help="model folder (rewritten in place)")
+    p.add_argument("--data", required=True, help="corpus folder with valid.txt (and test.txt)")
+    p.add_argument("--threads", type=_positive(), default=None)
+
     p = sub.add_parser("generate", help="sample continuations from a model")
     p.add_argument("--model", required=True, help="model folder")
     p.add_argument("--prompt", default="")
@@ -250,6 +256,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit_boost(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from models.checkpoint import load_model, read_config
+    from models.data import load_corpus
+    from models.train import finalize
+
+    loaded = load_model(args.model)
+    if not loaded.config.context:
+        raise ValueError(f"{args.model} was not trained with context: it has no title-word boost to fit")
+    corpus = load_corpus(args.data, vocab=loaded.tokenizer.vocab, titles=True)
+    if corpus.valid is None:
+        raise ValueError(f"{args.data} has no valid.txt to fit the boost on")
+    finalize(Path(args.model), corpus)
+    meta = read_config(args.model)
+    metrics = meta["metrics"]
+    print(f"{loaded.name}: context boost {meta['model']['context_boost']}, valid ppl {metrics.get('valid_ppl')}, "
+          f"test ppl {metrics.get('test_ppl')} ({metrics.get('test_ppl_no_context')} without context)")
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from models.checkpoint import load_model
     from models.engine import Engine, GenerationParams
@@ -368,8 +395,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return run_worker(settings, once=args.once, metrics_host=args.metrics_host, parent_pid=args.parent_pid)
 
 
-COMMANDS = {"train": cmd_train, "distill": cmd_distill, "eval": cmd_eval, "generate": cmd_generate,
-            "serve": cmd_serve, "worker": cmd_worker}
+COMMANDS = {"train": cmd_train, "distill": cmd_distill, "eval": cmd_eval, "fit-boost": cmd_fit_boost,
+            "generate": cmd_generate, "serve": cmd_serve, "worker": cmd_worker}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -93,3 +93,32 @@ def test_eval_missing_or_corrupt_model(tiny_model, tiny_corpus, tmp_path):
     assert_one_line_error(rnnlm("eval", "--model", str(broken), "--data", test_file), "model.safetensors")
     assert_one_line_error(rnnlm("eval", "--model", str(tiny_model), "--data", str(tmp_path / "nope.txt")),
                           "no such corpus file")
+
+
+def test_fit_boost_refits_and_remeasures_a_context_model(tiny_model, tiny_corpus, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(tiny_model, folder)
+    config = json.loads((folder / "config.json").read_text())
+    fitted, valid = config["model"]["context_boost"], config["metrics"]["valid_ppl"]
+    config["model"]["context_boost"], config["metrics"]["valid_ppl"] = [], None
+    (folder / "config.json").write_text(json.dumps(config))
+    proc = rnnlm("fit-boost", "--model", str(folder), "--data", str(tiny_corpus))
+    assert proc.returncode == 0, proc.stderr
+    assert "context boost" in proc.stdout
+    refit = json.loads((folder / "config.json").read_text())
+    assert refit["model"]["context_boost"] == pytest.approx(fitted, abs=1e-3)
+    assert refit["metrics"]["valid_ppl"] == pytest.approx(valid, rel=1e-4)
+    assert refit["metrics"]["test_ppl"] > 0 and refit["metrics"]["test_ppl_no_context"] > 0
+
+
+def test_fit_boost_refuses_a_model_without_context(tiny_corpus, tmp_path):
+    from models.checkpoint import save_model
+    from models.rnnlm import RNNLM, ModelConfig
+    from models.tokenizer import Tokenizer, Vocab
+
+    plain = RNNLM(ModelConfig(vocab_size=10, emb=4, hidden=4, layers=1, adaptive=False))
+    save_model(plain, Tokenizer(Vocab([f"w{i}" for i in range(8)] + ["<unk>", "<eos>"]), "none"), tmp_path / "plain")
+    before = (tmp_path / "plain" / "config.json").read_text()
+    proc = rnnlm("fit-boost", "--model", str(tmp_path / "plain"), "--data", str(tiny_corpus))
+    assert_one_line_error(proc, "not trained with context")
+    assert (tmp_path / "plain" / "config.json").read_text() == before
