@@ -35,6 +35,8 @@ def _positive(kind=int):
 
 _port = _number(int, lambda v: 0 <= v <= 65535, "in [0, 65535]", "a port number")
 _fraction = _number(float, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+_weight = _number(float, lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
+_share = _number(float, lambda v: 0.0 < v <= 1.0, "in (0, 1]")
 
 
 def _cutoffs(text: str) -> list[int]:
@@ -105,8 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("distill", help="train a smaller student on a teacher's soft labels")
     p.add_argument("--teacher", required=True, help="teacher model folder")
     p.add_argument("--temperature", type=_positive(float), default=2.0)
-    p.add_argument("--alpha", type=float, default=0.5, help="weight of the soft-label term, in [0, 1]")
-    p.add_argument("--kd-fraction", type=float, default=1.0,
+    p.add_argument("--alpha", type=_weight, default=0.5, help="weight of the soft-label term, in [0, 1]")
+    p.add_argument("--kd-fraction", type=_share, default=1.0,
                    help="share of positions per window that get the soft-label term (unbiased estimate)")
     _add_model_flags(p, emb=128, hidden=256, layers=1)
 
@@ -212,8 +214,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_distill(args: argparse.Namespace) -> int:
     from models.distill import distill
-    if not 0.0 <= args.alpha <= 1.0:
-        raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}")
     result = distill(_train_config(args), teacher=args.teacher, temperature=args.temperature, alpha=args.alpha,
                      kd_fraction=args.kd_fraction, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     if os.environ.get("RANK", "0") == "0":

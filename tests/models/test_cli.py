@@ -83,6 +83,17 @@ def test_nonsense_flag_values(tmp_path, flags, fragment):
     assert_one_line_error(proc, fragment)
 
 
+@pytest.mark.parametrize("flags, fragment", [
+    (["--alpha", "1.5"], "--alpha"), (["--alpha", "-0.1"], "--alpha"), (["--kd-fraction", "0"], "--kd-fraction"),
+    (["--temperature", "0"], "--temperature"),
+])
+def test_nonsense_distill_flag_values(tmp_path, flags, fragment):
+    proc = rnnlm("distill", "--teacher", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path / "o"), *flags)
+    assert proc.returncode == 2
+    assert_one_line_error(proc, fragment)
+    assert not (tmp_path / "o").exists()
+
+
 def test_eval_missing_or_corrupt_model(tiny_model, tiny_corpus, tmp_path):
     test_file = str(tiny_corpus / "test.txt")
     assert_one_line_error(rnnlm("eval", "--model", str(tmp_path / "none"), "--data", test_file),
