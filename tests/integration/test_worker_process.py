@@ -1,7 +1,6 @@
 """Real processes: `rnnlm serve --with-worker` end to end over HTTP, and a SIGKILLed worker's job resuming."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -19,9 +18,9 @@ TINY = dict(emb=16, hidden=16, layers=1, epochs=2, max_vocab=500, train_tokens=5
 
 
 
-def env(**settings: str) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("RNNLM_")}
-    return {**base, "OMP_NUM_THREADS": "1", **{f"RNNLM_{k.upper()}": v for k, v in settings.items()}}
+def env(tools, **settings: str) -> dict[str, str]:
+    """The child's environment: none of our RNNLM_* settings, only `settings` (as RNNLM_KEY)."""
+    return tools.clean_env(OMP_NUM_THREADS="1", **{f"RNNLM_{k.upper()}": v for k, v in settings.items()})
 
 
 def rnnlm(*args: str) -> list[str]:
@@ -47,7 +46,7 @@ def test_serve_with_worker_trains_and_serves_a_new_model(tmp_path, data_root, pr
     checkpoints = tmp_path / "checkpoints"
     checkpoints.mkdir()
     log = tmp_path / "serve.log"
-    proc_env = env(data_roots=str(data_root), reload_interval_s="0.5", worker_poll_interval_s="0.2",
+    proc_env = env(proc_tools, data_roots=str(data_root), reload_interval_s="0.5", worker_poll_interval_s="0.2",
                    worker_metrics_port=str(metrics_port))
     with open(log, "w") as out:
         proc = subprocess.Popen(rnnlm("serve", "--port", str(port), "--checkpoints", str(checkpoints),
@@ -81,7 +80,8 @@ def test_serve_with_worker_trains_and_serves_a_new_model(tmp_path, data_root, pr
     assert children(proc.pid) == [] and not Path(f"/proc/{workers[0]}").exists()  # the worker went with it
 
 
-def test_sigkilled_worker_job_resumes_from_its_last_epoch(tmp_path, data_root, wait_for):
+def test_sigkilled_worker_job_resumes_from_its_last_epoch(tmp_path, data_root, proc_tools):
+    wait_for = proc_tools.wait_for
     db, checkpoints = tmp_path / "jobs.db", tmp_path / "checkpoints"
     store = JobStore(db)
     epochs = 8
@@ -91,7 +91,7 @@ def test_sigkilled_worker_job_resumes_from_its_last_epoch(tmp_path, data_root, w
                    "--stale-after", "1", "--threads", "1")
     first_log = tmp_path / "first.log"
     with open(first_log, "w") as out:
-        first = subprocess.Popen(worker, env=env(), stdout=out, stderr=subprocess.STDOUT)
+        first = subprocess.Popen(worker, env=env(proc_tools), stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: (store.get(job.id).progress or {}).get("epoch"), 90, "the first epoch", first, first_log)
     finally:
@@ -103,7 +103,7 @@ def test_sigkilled_worker_job_resumes_from_its_last_epoch(tmp_path, data_root, w
     assert done_epochs < epochs, "the job finished before the kill; make it longer"
     time.sleep(1.5)  # the dead worker's heartbeat goes stale
 
-    second = subprocess.run([*worker, "--once"], env=env(), capture_output=True, text=True, timeout=180)
+    second = subprocess.run([*worker, "--once"], env=env(proc_tools), capture_output=True, text=True, timeout=180)
     assert second.returncode == 0, second.stderr
     done = store.get(job.id)
     assert done.status == "succeeded", (done.error, second.stderr)
