@@ -7,7 +7,7 @@ Optional conditioning on a topic (e.g. an article title), in two parts: a contex
 mean embedding of the topic's words) is concatenated to every step's input (Mikolov & Zweig,
 2012), and the topic's own words get their probability multiplied by exp(boost[frequency class])
 and the distribution renormalised, a unigram cache of the topic (Kuhn & De Mori, 1990) whose
-few boosts are fitted on held-out text after training (`models.context_boost`).
+few boosts are fitted on held-out text after training (`models.evaluate.fit_context_boost`).
 """
 from __future__ import annotations
 
