@@ -1,7 +1,8 @@
 """Scoring speed: one sentence per call vs one batched call, and the output layer's GFLOP/s vs torch.mm.
 
 All figures come from this process, with the same model and thread count:
-1. tokens/s of `Engine.score` on N WikiText-2 test sentences, one per call vs all in one call (ratio);
+1. tokens/s of `Engine.score` on N WikiText-2 test sentences, one per call vs all in one call (ratio),
+   and for a context model the batched call with a topic vs without (ratio);
 2. the scoring kernel (`RNNLM.target_log_probs`, chunked logsumexp + gather) vs torch's own
    `AdaptiveLogSoftmaxWithLoss.forward` on the same rows (ratio);
 3. the output layer's achieved GFLOP/s vs `torch.mm` at the same shapes (fraction): for a full-softmax
@@ -54,6 +55,7 @@ def main() -> None:
     parser.add_argument("--single", type=int, default=300, help="of those, how many are scored one per call")
     parser.add_argument("--rows", type=int, default=4096, help="feature rows for the output-layer figures")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--context", default="Valkyria Chronicles III", help="topic for the with-context figure ('' = none)")
     args = parser.parse_args()
     engine = Engine(load_bench_model(args), state_cache_bytes=0)
     c = engine.model.config
@@ -73,6 +75,11 @@ def main() -> None:
     print(f"  one per call  {one:9,.0f} tokens/s   ({len(single)} calls)")
     print(f"  batched       {many:9,.0f} tokens/s   (1 call)")
     print(f"  ratio         {many / one:9.2f}x  (target >= 5x)")
+    if engine.supports_context and args.context:
+        # a topic's boost also needs p(title word) at every position, so its words' tail clusters
+        t_ctx = median_seconds(lambda: engine.score(sentences, context=args.context), args.repeat)
+        print(f"  batched, with context {args.context!r}: {n_all / t_ctx:,.0f} tokens/s "
+              f"({t_batch / t_ctx:.2f}x the speed without)")
 
     # 2 and 3: the output layer on `rows` rows with the corpus' own target distribution
     ids = [i for s in sentences for i in engine.tokenizer.encode(s).ids]

@@ -232,7 +232,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     averaged: AveragedModel | None = None
     if resume:
         saved = torch.load(state_path, weights_only=True)
-        if saved["model_config"] != model.config.to_dict():
+        # through ModelConfig, so a field added since (at its default) does not break a resume
+        if ModelConfig.from_dict(saved["model_config"]) != model.config:
             raise CheckpointError(f"run state in {run_dir} was made with a different model configuration")
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])

@@ -69,6 +69,18 @@ def test_killed_then_resumed_run_equals_unbroken_run(tiny_corpus, tmp_path):
     assert resumed.valid_ppl == pytest.approx(unbroken.valid_ppl, rel=1e-9)
 
 
+def test_resume_accepts_run_state_from_before_a_new_model_field_and_refuses_another_model(tiny_corpus, tmp_path):
+    train(small_config(tiny_corpus, tmp_path / "r", epochs=1), progress=False)
+    state_path = tmp_path / "r.run" / "state.pt"
+    state = torch.load(state_path, weights_only=True)
+    del state["model_config"]["context_boost"]  # as written before the field existed
+    torch.save(state, state_path)
+    resumed = train(small_config(tiny_corpus, tmp_path / "r", epochs=2), resume=True, progress=False)
+    assert resumed.epochs_run == 2
+    with pytest.raises(CheckpointError, match="different model configuration"):
+        train(small_config(tiny_corpus, tmp_path / "r", epochs=3, hidden=40), resume=True, progress=False)
+
+
 def test_same_seed_same_model_and_cancellation(tiny_corpus, tmp_path):
     calls = iter(range(10**6))
     with pytest.raises(TrainingCancelled):
