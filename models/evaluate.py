@@ -48,14 +48,16 @@ def _windows(model: RNNLM, stream: Stream, use_context: bool, rows: int,
     mask = (torch.arange(rows * length) < n).view(shape)
     vectors = model.context_vector(*stream.title_table()) if use_context else None
     state = None
-    for start in range(0, length, window):
-        sl = slice(start, start + window)
-        ctx = vectors[t[:, sl]] if use_context else None
-        feats, state = model.features(x[:, sl], state, ctx)
-        state = detach_state(state)
-        m = mask[:, sl]
-        yield feats[m], y[:, sl][m], t[:, sl][m]
-    model.train(was_training)
+    try:
+        for start in range(0, length, window):
+            sl = slice(start, start + window)
+            ctx = vectors[t[:, sl]] if use_context else None
+            feats, state = model.features(x[:, sl], state, ctx)
+            state = detach_state(state)
+            m = mask[:, sl]
+            yield feats[m], y[:, sl][m], t[:, sl][m]
+    finally:  # also when the caller stops early
+        model.train(was_training)
 
 
 def topic_target_log_probs(model: RNNLM, feats: Tensor, targets: Tensor, titles: Tensor,
@@ -96,7 +98,6 @@ def fit_context_boost(model: RNNLM, stream: Stream, rows: int = 16, window: int 
     config = model.config
     if not config.context:
         raise ValueError("the context boost needs a model trained with context")
-    cutoffs = torch.tensor(config.cutoffs)
     hits, sums = [], []
     with torch.inference_mode():
         for feats, targets, titles in _windows(model, stream, True, rows, window):
@@ -107,7 +108,7 @@ def fit_context_boost(model: RNNLM, stream: Stream, rows: int = 16, window: int 
                 if not words.numel():
                     continue
                 at = (titles == tid).nonzero().squeeze(1)
-                classes = torch.bucketize(words, cutoffs, right=True)
+                classes = model.word_classes(words)
                 probs = model.word_log_probs(feats[at], words).exp().double()
                 mass[at] = mass[at].index_add(1, classes, probs)
                 found = targets[at, None] == words[None, :]

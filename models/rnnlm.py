@@ -180,12 +180,15 @@ class RNNLM(nn.Module):
         words = torch.as_tensor(ids, dtype=torch.long).unique()
         return words if words.numel() else None
 
+    def word_classes(self, words: Tensor) -> Tensor:
+        """Each word's frequency class: 0 below the first cutoff, 1 up to the second, ..."""
+        return torch.bucketize(words, torch.tensor(self.config.cutoffs), right=True)
+
     def word_boost(self, words: Tensor | None) -> Tensor | None:
         """Each topic word's log-boost, by its frequency class."""
         if words is None or not self.config.context_boost:
             return None
-        classes = torch.bucketize(words, torch.tensor(self.config.cutoffs), right=True)
-        return torch.tensor(self.config.context_boost)[classes]
+        return torch.tensor(self.config.context_boost)[self.word_classes(words)]
 
     def word_log_probs(self, feats: Tensor, words: Tensor, chunk: int = 1024) -> Tensor:
         """log p(w) for each feature row and each of a few words ([rows, K]), unboosted.

@@ -63,7 +63,7 @@ def test_boost_needs_one_value_per_frequency_class():
     assert ModelConfig.from_dict({"vocab_size": 500, "context": True}).context_boost == []
 
 
-def repeating_stream(model: RNNLM, n_titles: int = 6, length: int = 300) -> Stream:
+def repeating_stream(n_titles: int = 6, length: int = 300) -> Stream:
     """Articles that use their own title words far more than the untrained model expects."""
     gen = torch.Generator().manual_seed(1)
     ids, titles, table = [], [], [[]]
@@ -79,7 +79,7 @@ def repeating_stream(model: RNNLM, n_titles: int = 6, length: int = 300) -> Stre
 
 def test_fit_finds_the_boost_that_lowers_perplexity():
     model = boosted_model(adaptive=True, boost=[])
-    data = repeating_stream(model)
+    data = repeating_stream()
     before = evaluate_stream(model, data).perplexity
     model.config.context_boost = fit_context_boost(model, data, rows=4)
     after = evaluate_stream(model, data).perplexity
