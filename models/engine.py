@@ -105,6 +105,14 @@ class Generation:
     context_used: bool
 
 
+@dataclass(frozen=True)
+class Topic:
+    """A request's context, tokenised once: the state cache's key, the context vector, the boosted words."""
+    ids: tuple[int, ...]
+    vector: Tensor                      # [1, emb]
+    words: Tensor | None
+
+
 @dataclass
 class StreamEvent:
     index: int
@@ -161,24 +169,13 @@ class Engine:
                 "provenance": meta.get("provenance", {}), "path": str(self.loaded.path or "")}
 
     # ---- context -------------------------------------------------------------------------------
-    def _context_ids(self, context: str | None) -> tuple[int, ...] | None:
-        """The topic's token ids, or None when there is no topic or the model takes none."""
+    def _topic(self, context: str | None) -> Topic | None:
+        """The request's topic, tokenised once; None when there is none or the model takes none."""
         if not self.context_used(context):
             return None
-        return tuple(self.tokenizer.encode(context).ids)
-
-    def _context(self, context: str | None, batch: int) -> Tensor | None:
-        """[batch, emb] topic vectors, or None when there is no topic or the model takes none."""
-        ids = self._context_ids(context)
-        if ids is None:
-            return None
+        ids = tuple(self.tokenizer.encode(context).ids)
         vector = self.model.context_vector(torch.tensor(ids, dtype=torch.long), torch.zeros(1, dtype=torch.long))
-        return vector.expand(batch, -1)
-
-    def _context_words(self, context: str | None) -> Tensor | None:
-        """The topic words the model's context boost raises, or None."""
-        ids = self._context_ids(context)
-        return None if ids is None else self.model.context_words(ids)
+        return Topic(ids, vector, self.model.context_words(ids))
 
     def context_used(self, context: str | None) -> bool:
         return bool(context and context.strip()) and self.supports_context
@@ -194,7 +191,7 @@ class Engine:
             if not enc.ids and not add_eos:
                 raise InputError(f"text {i} has no tokens", f"texts.{i}")
         targets = [enc.ids + ([self.vocab.eos] if add_eos else []) for enc in encoded]
-        logprobs = self._target_logprobs(targets, context)
+        logprobs = self._target_logprobs(targets, self._topic(context))
         results = []
         for text, enc, lp in zip(texts, encoded, logprobs):
             names = enc.tokens + [EOS] if add_eos else enc.tokens
@@ -205,7 +202,7 @@ class Engine:
                                      sum(enc.oov), list(map(TokenScore, names, lp, oov))))
         return results
 
-    def _target_logprobs(self, targets: list[list[int]], context: str | None) -> list[list[float]]:
+    def _target_logprobs(self, targets: list[list[int]], topic: Topic | None) -> list[list[float]]:
         """Per-token log-probs for many sequences.
 
         Sorted by length and cut into buckets of similar length (BUCKET_SPREAD, MIN_BUCKET_ROWS; at
@@ -216,8 +213,7 @@ class Engine:
         """
         order = sorted((i for i in range(len(targets)) if targets[i]), key=lambda i: len(targets[i]), reverse=True)
         out: list[list[float]] = [[] for _ in targets]
-        ctx = self._context(context, 1)
-        words = self._context_words(context)
+        words = topic.words if topic else None
         eos = self.vocab.eos
         start = 0
         while start < len(order):
@@ -235,7 +231,7 @@ class Engine:
             tgt = torch.full((len(batch), longest), eos, dtype=torch.long)
             tgt[mask] = flat
             inputs = torch.cat([torch.full((len(batch), 1), eos), tgt[:, :-1]], dim=1)
-            feats, _ = self.model.features(inputs, None, ctx.expand(len(batch), -1) if ctx is not None else None)
+            feats, _ = self.model.features(inputs, None, topic.vector.expand(len(batch), -1) if topic else None)
             logp = self.model.target_log_probs(feats[mask], flat, words=words).tolist()
             pos = 0
             for i, n in zip(batch, lens):
@@ -253,12 +249,12 @@ class Engine:
         return rank_scores(self.score(candidates, add_eos=True, context=context))
 
     # ---- next word -----------------------------------------------------------------------------
-    def _prefix_state(self, ids: list[int], context: str | None) -> tuple[Tensor, State]:
+    def _prefix_state(self, ids: list[int], topic: Topic | None) -> tuple[Tensor, State]:
         """Feature of the last position ([1, D]) and the state after reading <eos> + ids.
 
         Starts from the longest prefix of `ids` in the state cache, so only the new tokens are read.
         """
-        key = self._context_ids(context)
+        key = topic.ids if topic else None
         cached = self.state_cache.lookup(key, ids)
         if cached is not None and cached.length == len(ids):
             return cached.feature, cached.state
@@ -266,7 +262,8 @@ class Engine:
             new, state = [self.vocab.eos] + ids, None
         else:
             new, state = ids[cached.length:], cached.state
-        feats, state = self.model.features(torch.tensor([new], dtype=torch.long), state, self._context(context, 1))
+        feats, state = self.model.features(torch.tensor([new], dtype=torch.long), state,
+                                           topic.vector if topic else None)
         feat = feats[:, -1].clone()  # not a view: the cache must not pin the whole [1, T, D] tensor
         self.state_cache.store(key, ids, feat, state)
         return feat, state
@@ -282,8 +279,9 @@ class Engine:
             prefix = match.group(1)
             text = text[: match.start()]
         ids = self.tokenizer.encode(text).ids
-        feat, _ = self._prefix_state(ids, context)
-        probs = self.model.log_probs(feat, self._context_words(context))[0].exp()
+        topic = self._topic(context)
+        feat, _ = self._prefix_state(ids, topic)
+        probs = self.model.log_probs(feat, topic.words if topic else None)[0].exp()
         if prefix is None:
             probs[self._banned] = 0.0
             probs[self.vocab.eos] = 0.0
@@ -323,8 +321,9 @@ class Engine:
         params.validate()
         gen = torch.Generator().manual_seed(params.seed if params.seed is not None else torch.seed())
         n = params.n
-        ctx, words = self._context(context, n), self._context_words(context)
-        feat, state = self._prefix_state(self.tokenizer.encode(prompt).ids, context)
+        topic = self._topic(context)
+        ctx, words = (topic.vector.expand(n, -1), topic.words) if topic else (None, None)
+        feat, state = self._prefix_state(self.tokenizer.encode(prompt).ids, topic)
         feat = feat.expand(n, -1)
         state = tuple(s.expand(-1, n, -1).contiguous() for s in state) if isinstance(state, tuple) \
             else state.expand(-1, n, -1).contiguous()

@@ -63,12 +63,11 @@ def _windows(model: RNNLM, stream: Stream, use_context: bool, rows: int,
 def topic_target_log_probs(model: RNNLM, feats: Tensor, targets: Tensor, titles: Tensor,
                            title_words: list[list[int]]) -> Tensor:
     """`target_log_probs` where each row has its own topic (an index into `title_words`)."""
-    out = model.target_log_probs(feats, targets)
+    out = feats.new_empty(targets.shape)
     for tid in titles.unique().tolist():
+        rows = (titles == tid).nonzero().squeeze(1)
         words = model.context_words(title_words[tid])
-        if words is not None:
-            rows = (titles == tid).nonzero().squeeze(1)
-            out[rows] += model.boost_terms(feats[rows], targets[rows], words)
+        out[rows] = model.target_log_probs(feats[rows], targets[rows], words=words)
     return out
 
 

@@ -20,6 +20,12 @@ from torch import Tensor, nn
 ARCHS = ("lstm", "gru", "rnn")
 State = Tensor | tuple[Tensor, Tensor]
 
+# Logits per chunk in target_log_probs: 1 MiB of floats, about one L2 cache (tuned with bench/scoring.py).
+CHUNK_ELEMENTS = 2**18
+MIN_CHUNK_ROWS = 32
+# Rows per chunk when a topic's words need whole tail clusters for every row.
+WORD_CHUNK = 256
+
 
 @dataclass
 class ModelConfig:
@@ -182,40 +188,55 @@ class RNNLM(nn.Module):
 
     def word_classes(self, words: Tensor) -> Tensor:
         """Each word's frequency class: 0 below the first cutoff, 1 up to the second, ..."""
-        return torch.bucketize(words, torch.tensor(self.config.cutoffs), right=True)
+        return torch.bucketize(words, torch.tensor(self.config.cutoffs, device=words.device), right=True)
 
     def word_boost(self, words: Tensor | None) -> Tensor | None:
         """Each topic word's log-boost, by its frequency class."""
         if words is None or not self.config.context_boost:
             return None
-        return torch.tensor(self.config.context_boost)[self.word_classes(words)]
+        return torch.tensor(self.config.context_boost, device=words.device)[self.word_classes(words)]
 
-    def word_log_probs(self, feats: Tensor, words: Tensor, chunk: int = 1024) -> Tensor:
-        """log p(w) for each feature row and each of a few words ([rows, K]), unboosted.
-
-        An adaptive softmax evaluates the head and only the tail clusters that hold one of `words`.
-        """
+    def word_log_probs(self, feats: Tensor, words: Tensor, chunk: int = WORD_CHUNK) -> Tensor:
+        """log p(w) for each feature row and each of a few words ([rows, K]), unboosted."""
         flat = feats.reshape(-1, feats.shape[-1])
-        out = flat.new_empty(flat.shape[0], words.numel())
-        for start in range(0, flat.shape[0], chunk):
-            x = flat[start:start + chunk]
+        no_targets = torch.zeros(flat.shape[0], dtype=torch.long, device=flat.device)
+        return self._target_and_word_log_probs(flat, no_targets, words, chunk)[1]
+
+    def _target_and_word_log_probs(self, flat: Tensor, targets: Tensor, words: Tensor,
+                                   chunk: int) -> tuple[Tensor, Tensor]:
+        """Unboosted log p(target) per row and log p(w) per row and topic word ([rows, K]).
+
+        One pass, `chunk` rows at a time, each output layer once per chunk: a tail cluster
+        holding one of `words` runs for every row (the boost's normaliser needs those words
+        everywhere) and gives the targets in it too; any other tail runs only for its targets' rows.
+        """
+        n = flat.shape[0]
+        picked, word_lp = flat.new_empty(n), flat.new_empty(n, words.numel())
+        for s in range(0, n, chunk):
+            x, tgt = flat[s:s + chunk], targets[s:s + chunk]
             if self.softmax is None:
-                out[start:start + chunk] = F.log_softmax(self.decoder(x), dim=-1)[:, words]
+                logp = F.log_softmax(self.decoder(x), dim=-1)
+                word_lp[s:s + chunk] = logp[:, words]
+                picked[s:s + chunk] = logp.gather(1, tgt[:, None]).squeeze(1)
                 continue
-            sm = self.softmax
-            bounds = sm.cutoffs
+            sm, bounds = self.softmax, self.softmax.cutoffs
+            word_cluster, cluster = self.word_classes(words), self.word_classes(tgt)
             head = F.log_softmax(sm.head(x), dim=-1)
-            cluster = torch.bucketize(words, torch.tensor(bounds[:-1]), right=True)
-            part = x.new_empty(x.shape[0], words.numel())
-            for c in cluster.unique().tolist():
-                cols = (cluster == c).nonzero().squeeze(1)
-                if c == 0:
-                    part[:, cols] = head[:, words[cols]]
-                else:
-                    tail = F.log_softmax(sm.tail[c - 1](x), dim=-1)[:, words[cols] - bounds[c - 1]]
-                    part[:, cols] = head[:, sm.shortlist_size + c - 1, None] + tail
-            out[start:start + chunk] = part
-        return out
+            cols = (word_cluster == 0).nonzero().squeeze(1)
+            word_lp[s:s + chunk, cols] = head[:, words[cols]]
+            head_col = torch.where(cluster == 0, tgt, sm.shortlist_size + cluster - 1)
+            out = head.gather(1, head_col[:, None]).squeeze(1)
+            for c in range(1, len(bounds)):
+                cols, rows = (word_cluster == c).nonzero().squeeze(1), (cluster == c).nonzero().squeeze(1)
+                if cols.numel():
+                    logp = F.log_softmax(sm.tail[c - 1](x), dim=-1)
+                    word_lp[s:s + chunk, cols] = (head[:, sm.shortlist_size + c - 1, None]
+                                                       + logp[:, words[cols] - bounds[c - 1]])
+                    out[rows] += logp[rows, tgt[rows] - bounds[c - 1]]
+                elif rows.numel():
+                    out[rows] += picked_log_probs(sm.tail[c - 1], x[rows], tgt[rows] - bounds[c - 1], None)
+            picked[s:s + chunk] = out
+        return picked, word_lp
 
     def logits(self, feats: Tensor) -> Tensor:
         """Unnormalised scores whose softmax is the model's distribution (log-probs for adaptive)."""
@@ -238,28 +259,24 @@ class RNNLM(nn.Module):
         """
         flat = feats.reshape(-1, feats.shape[-1])
         tgt = targets.reshape(-1)
-        if self.softmax is None:
-            out = picked_log_probs(self.decoder, flat, tgt, chunk)
-        else:
-            sm = self.softmax
-            bounds = sm.cutoffs  # [shortlist, cluster bounds..., vocab_size]
-            cluster = torch.bucketize(tgt, torch.tensor(bounds[:-1], device=tgt.device), right=True)
-            head_col = torch.where(cluster == 0, tgt, sm.shortlist_size + cluster - 1)
-            out = picked_log_probs(sm.head, flat, head_col, chunk)
-            for c in range(1, len(bounds)):
-                rows = (cluster == c).nonzero().squeeze(1)
-                if rows.numel():
-                    out[rows] += picked_log_probs(sm.tail[c - 1], flat[rows], tgt[rows] - bounds[c - 1], chunk)
-        if words is not None and self.config.context_boost:
-            out = out + self.boost_terms(flat, tgt, words)
-        return out.reshape(targets.shape)
-
-    def boost_terms(self, feats: Tensor, targets: Tensor, words: Tensor) -> Tensor:
-        """What the context boost adds to log p(target) for each row: b(target) - log Z."""
         boost = self.word_boost(words)
-        hit = targets.reshape(-1, 1) == words[None, :]                    # [rows, K]
-        norm = torch.log1p((self.word_log_probs(feats, words).exp() * boost.expm1()).sum(-1))
-        return (hit * boost).sum(-1) - norm
+        if boost is not None:
+            out, word_lp = self._target_and_word_log_probs(flat, tgt, words, chunk or WORD_CHUNK)
+            hit = tgt[:, None] == words[None, :]                                  # [rows, K]
+            norm = torch.log1p((word_lp.exp() * boost.expm1()).sum(-1))
+            return (out + (hit * boost).sum(-1) - norm).reshape(targets.shape)
+        if self.softmax is None:
+            return picked_log_probs(self.decoder, flat, tgt, chunk).reshape(targets.shape)
+        sm = self.softmax
+        bounds = sm.cutoffs  # [shortlist, cluster bounds..., vocab_size]
+        cluster = self.word_classes(tgt)
+        head_col = torch.where(cluster == 0, tgt, sm.shortlist_size + cluster - 1)
+        out = picked_log_probs(sm.head, flat, head_col, chunk)
+        for c in range(1, len(bounds)):
+            rows = (cluster == c).nonzero().squeeze(1)
+            if rows.numel():
+                out[rows] += picked_log_probs(sm.tail[c - 1], flat[rows], tgt[rows] - bounds[c - 1], chunk)
+        return out.reshape(targets.shape)
 
     def loss(self, feats: Tensor, targets: Tensor) -> Tensor:
         """Mean cross-entropy (nats per token) of the targets."""
@@ -276,10 +293,6 @@ class RNNLM(nn.Module):
 # Inputs this short (a keystroke's new words, a generation step) run cell by cell in eval mode.
 STEP_TOKENS = 4
 _CELLS = {nn.LSTM: torch.lstm_cell, nn.GRU: torch.gru_cell, nn.RNN: torch.rnn_tanh_cell}
-
-# Logits per chunk in target_log_probs: 1 MiB of floats, about one L2 cache (tuned with bench/scoring.py).
-CHUNK_ELEMENTS = 2**18
-MIN_CHUNK_ROWS = 32
 
 
 def picked_log_probs(layer: nn.Module, x: Tensor, cols: Tensor, chunk: int | None) -> Tensor:

@@ -36,11 +36,12 @@ def test_boost_multiplies_topic_words_by_exp_boost_and_renormalises(adaptive):
 
 
 @pytest.mark.parametrize("adaptive", [False, True])
-def test_boosted_target_log_probs_equal_boosted_full_distribution(adaptive):
+@pytest.mark.parametrize("topic", [[3, 60, 300, 499], [3, 60], [400]])  # words in every cluster, or some
+def test_boosted_target_log_probs_equal_boosted_full_distribution(adaptive, topic):
     model = boosted_model(adaptive)
-    words = model.context_words([3, 60, 300, 499])
+    words = model.context_words(topic)
     feats = torch.randn(41, 16)
-    targets = torch.cat([words, torch.randint(0, 500, (37,))])
+    targets = torch.cat([words, torch.tensor([5, 100, 450]), torch.randint(0, 500, (38 - len(words),))])
     picked = model.log_probs(feats, words).gather(1, targets[:, None]).squeeze(1)
     assert torch.allclose(model.target_log_probs(feats, targets, chunk=8, words=words), picked, atol=1e-5)
     assert torch.allclose(model.word_log_probs(feats, words, chunk=5),
