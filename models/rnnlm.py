@@ -212,15 +212,16 @@ class RNNLM(nn.Module):
         """
         n = flat.shape[0]
         picked, word_lp = flat.new_empty(n), flat.new_empty(n, words.numel())
+        sm = self.softmax
+        word_cluster = self.word_classes(words)
         for s in range(0, n, chunk):
             x, tgt = flat[s:s + chunk], targets[s:s + chunk]
-            if self.softmax is None:
+            if sm is None:
                 logp = F.log_softmax(self.decoder(x), dim=-1)
                 word_lp[s:s + chunk] = logp[:, words]
                 picked[s:s + chunk] = logp.gather(1, tgt[:, None]).squeeze(1)
                 continue
-            sm, bounds = self.softmax, self.softmax.cutoffs
-            word_cluster, cluster = self.word_classes(words), self.word_classes(tgt)
+            bounds, cluster = sm.cutoffs, self.word_classes(tgt)
             head = F.log_softmax(sm.head(x), dim=-1)
             cols = (word_cluster == 0).nonzero().squeeze(1)
             word_lp[s:s + chunk, cols] = head[:, words[cols]]
@@ -231,7 +232,7 @@ class RNNLM(nn.Module):
                 if cols.numel():
                     logp = F.log_softmax(sm.tail[c - 1](x), dim=-1)
                     word_lp[s:s + chunk, cols] = (head[:, sm.shortlist_size + c - 1, None]
-                                                       + logp[:, words[cols] - bounds[c - 1]])
+                                                  + logp[:, words[cols] - bounds[c - 1]])
                     out[rows] += logp[rows, tgt[rows] - bounds[c - 1]]
                 elif rows.numel():
                     out[rows] += picked_log_probs(sm.tail[c - 1], x[rows], tgt[rows] - bounds[c - 1], None)
