@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from models.checkpoint import load_model, read_config, save_model
+from models.checkpoint import LoadedModel, load_model, read_config, save_model
 from models.data import Corpus, Stream, batchify, load_corpus, num_windows, tbptt_windows
 from models.errors import CheckpointError, DataError, TrainingCancelled
 from models.distributed import World
@@ -374,13 +374,14 @@ def _write_model(model: RNNLM, best_state: dict, tokenizer: Tokenizer, out: Path
     save_model(snapshot, tokenizer, out, meta, dtype=getattr(torch, cfg.save_dtype))
 
 
-def finalize(out: Path, corpus: Corpus) -> float | None:
+def finalize(out: Path, corpus: Corpus, loaded: LoadedModel | None = None) -> float | None:
     """Re-measure the written model (as stored, e.g. fp16) on valid/test and record it in config.json.
 
     A context model first gets its title-word boost fitted on the validation split (a few numbers,
     see `fit_context_boost`), so its valid figure is measured on the text the boost was fitted to.
+    `loaded` is the model as loaded from `out`, when the caller has it already.
     """
-    loaded = load_model(out)
+    loaded = loaded or load_model(out)
     meta = loaded.meta
     metrics = meta.setdefault("metrics", {})
     metrics.pop("fingerprint", None)  # recorded for the model as it was; re-record with `rnnlm eval --record`

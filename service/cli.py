@@ -269,7 +269,7 @@ def cmd_fit_boost(args: argparse.Namespace) -> int:
     corpus = load_corpus(args.data, vocab=loaded.tokenizer.vocab, titles=True)
     if corpus.valid is None:
         raise ValueError(f"{args.data} has no valid.txt to fit the boost on")
-    finalize(Path(args.model), corpus)
+    finalize(Path(args.model), corpus, loaded)
     meta = read_config(args.model)
     metrics = meta["metrics"]
     print(f"{loaded.name}: context boost {meta['model']['context_boost']}, valid ppl {metrics.get('valid_ppl')}, "
