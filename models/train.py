@@ -242,6 +242,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         torch.set_rng_state(saved["rng"])
         start_epoch, best, bad_epochs = saved["epoch"] + 1, saved["best"], saved["bad_epochs"]
         history, seconds = saved["history"], saved["seconds"]
+        if saved.get("init") is not None:  # the start as it was: the --init folder may have changed since
+            provenance = {**(provenance or {}), "init": saved["init"]}
         best_state = saved.get("best_model")
         if saved.get("averaged") is not None:
             averaged = AveragedModel(model)
@@ -318,6 +320,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                 "best": best, "bad_epochs": bad_epochs, "history": history, "seconds": seconds,
                 "best_model": best_state, "model_config": model.config.to_dict(),
                 "averaged": averaged.state_dict() if averaged is not None else None,
+                "init": (provenance or {}).get("init"),
             }, state_path)
         world.barrier()
         tokens_per_s = world.size * batches.tokens / max(train_seconds, 1e-9)

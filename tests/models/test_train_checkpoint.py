@@ -1,5 +1,6 @@
 """The trainer and checkpoints: learning, save/load, resume after a kill."""
 import json
+import shutil
 
 import pytest
 import torch
@@ -139,6 +140,26 @@ def test_init_continues_from_a_model_folder(tiny_model, tiny_corpus, tmp_path):
     prov = json.loads((result.out / "config.json").read_text())["provenance"]
     assert prov["init"]["name"] == "tiny" and prov["init"]["epochs"] == 2
     assert prov["train_config"]["hidden"] == base.config.hidden
+
+
+def test_resumed_run_records_the_start_it_was_begun_from(tiny_model, tiny_corpus, tmp_path):
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model, base)
+    cfg = small_config(tiny_corpus, tmp_path / "more", init=str(base), max_vocab=None, train_tokens=None,
+                       valid_tokens=None, epochs=2)
+
+    def kill_after_first_epoch(report):
+        if report.epoch == 1:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, on_epoch=kill_after_first_epoch, progress=False)
+    # the --init folder changes before the resume (e.g. the run's own output was written over it)
+    meta = json.loads((base / "config.json").read_text())
+    meta["provenance"]["epochs"] = 99
+    (base / "config.json").write_text(json.dumps(meta))
+    train(cfg, resume=True, progress=False)
+    prov = json.loads((tmp_path / "more" / "config.json").read_text())["provenance"]
+    assert prov["epochs"] == 2 and prov["init"]["epochs"] == 2
 
 
 def test_init_learns_faster_than_a_fresh_start(tiny_model, tiny_corpus, tmp_path):
