@@ -30,20 +30,20 @@ MIN_BUCKET_ROWS = 16
 
 
 @dataclass(slots=True)
-class TokenScore:
+class ScoredToken:
     token: str
     logprob: float
     oov: bool
 
 
 @dataclass
-class TextScore:
+class ScoredText:
     text: str
     logprob: float
     num_tokens: int
     perplexity: float
     oov_count: int
-    tokens: list[TokenScore] = field(default_factory=list)
+    tokens: list[ScoredToken] = field(default_factory=list)
 
 
 @dataclass
@@ -51,18 +51,18 @@ class CorpusScore:
     perplexity: float
     num_tokens: int
     nll: float
-    results: list[TextScore]
+    results: list[ScoredText]
 
 
 @dataclass
-class Prediction:
+class WordProb:
     word: str
     prob: float
 
 
 @dataclass
 class NextWord:
-    predictions: list[Prediction]
+    predictions: list[WordProb]
     prefix: str | None
     context_used: bool
 
@@ -91,7 +91,8 @@ class GenerationParams:
 
 
 @dataclass
-class Choice:
+class Sample:
+    """One sampled continuation of a prompt."""
     index: int
     text: str
     tokens: list[str]
@@ -101,16 +102,30 @@ class Choice:
 
 @dataclass
 class Generation:
-    choices: list[Choice]
+    choices: list[Sample]
     context_used: bool
 
 
 @dataclass(frozen=True)
-class Topic:
-    """A request's context, tokenised once: the state cache's key, the context vector, the boosted words."""
-    ids: tuple[int, ...]
-    vector: Tensor                      # [1, emb]
-    words: Tensor | None
+class ResolvedContext:
+    """A request's context, resolved once for one model: whether it conditions the model, why not
+    (a warning), and when it does the tokens (the state cache's key), the context vector and the
+    words that get the context boost. The engine call and the response both read this one object."""
+    text: str | None = None
+    used: bool = False
+    warnings: tuple[str, ...] = ()
+    ids: tuple[int, ...] | None = None
+    vector: Tensor | None = None        # [1, emb]
+    words: Tensor | None = None
+
+    @property
+    def key(self) -> tuple[int, ...] | None:
+        """What identifies this context for batching and the state cache (None: no context)."""
+        return self.ids if self.used else None
+
+
+NO_CONTEXT = ResolvedContext()
+ContextArg = str | ResolvedContext | None
 
 
 @dataclass
@@ -169,20 +184,23 @@ class Engine:
                 "provenance": meta.get("provenance", {}), "path": str(self.loaded.path or "")}
 
     # ---- context -------------------------------------------------------------------------------
-    def _topic(self, context: str | None) -> Topic | None:
-        """The request's topic, tokenised once; None when there is none or the model takes none."""
-        if not self.context_used(context):
-            return None
+    @torch.inference_mode()
+    def resolve_context(self, context: ContextArg) -> ResolvedContext:
+        """A request's context, tokenised once; unused when it is blank or the model takes none."""
+        if isinstance(context, ResolvedContext):
+            return context
+        if context is not None and not self.supports_context:
+            return ResolvedContext(context, warnings=(f"context ignored: model {self.name} was not trained "
+                                                      "with a context",))
+        if not (context and context.strip()):
+            return ResolvedContext(context)
         ids = tuple(self.tokenizer.encode(context).ids)
         vector = self.model.context_vector(torch.tensor(ids, dtype=torch.long), torch.zeros(1, dtype=torch.long))
-        return Topic(ids, vector, self.model.context_words(ids))
-
-    def context_used(self, context: str | None) -> bool:
-        return bool(context and context.strip()) and self.supports_context
+        return ResolvedContext(context, True, (), ids, vector, self.model.context_words(ids))
 
     # ---- scoring -------------------------------------------------------------------------------
     @torch.inference_mode()
-    def score(self, texts: list[str], add_eos: bool = True, context: str | None = None) -> list[TextScore]:
+    def score(self, texts: list[str], add_eos: bool = True, context: ContextArg = None) -> list[ScoredText]:
         """log p(text) for each text; the first token is predicted from <eos> (sentence start)."""
         if not texts:
             raise InputError("texts must not be empty", "texts")
@@ -191,18 +209,18 @@ class Engine:
             if not enc.ids and not add_eos:
                 raise InputError(f"text {i} has no tokens", f"texts.{i}")
         targets = [enc.ids + ([self.vocab.eos] if add_eos else []) for enc in encoded]
-        logprobs = self._target_logprobs(targets, self._topic(context))
+        logprobs = self._target_logprobs(targets, self.resolve_context(context))
         results = []
         for text, enc, lp in zip(texts, encoded, logprobs):
             names = enc.tokens + [EOS] if add_eos else enc.tokens
             oov = enc.oov + [False] if add_eos else enc.oov
             total = float(sum(lp))
             n = len(lp)
-            results.append(TextScore(text, total, n, math.exp(-total / n) if n else float("nan"),
-                                     sum(enc.oov), list(map(TokenScore, names, lp, oov))))
+            results.append(ScoredText(text, total, n, math.exp(-total / n) if n else float("nan"),
+                                      sum(enc.oov), list(map(ScoredToken, names, lp, oov))))
         return results
 
-    def _target_logprobs(self, targets: list[list[int]], topic: Topic | None) -> list[list[float]]:
+    def _target_logprobs(self, targets: list[list[int]], context: ResolvedContext) -> list[list[float]]:
         """Per-token log-probs for many sequences.
 
         Sorted by length and cut into buckets of similar length (BUCKET_SPREAD, MIN_BUCKET_ROWS; at
@@ -213,7 +231,7 @@ class Engine:
         """
         order = sorted((i for i in range(len(targets)) if targets[i]), key=lambda i: len(targets[i]), reverse=True)
         out: list[list[float]] = [[] for _ in targets]
-        words = topic.words if topic else None
+        words, vector = (context.words, context.vector) if context.used else (None, None)
         eos = self.vocab.eos
         start = 0
         while start < len(order):
@@ -231,7 +249,7 @@ class Engine:
             tgt = torch.full((len(batch), longest), eos, dtype=torch.long)
             tgt[mask] = flat
             inputs = torch.cat([torch.full((len(batch), 1), eos), tgt[:, :-1]], dim=1)
-            feats, _ = self.model.features(inputs, None, topic.vector.expand(len(batch), -1) if topic else None)
+            feats, _ = self.model.features(inputs, None, vector.expand(len(batch), -1) if vector is not None else None)
             logp = self.model.target_log_probs(feats[mask], flat, words=words).tolist()
             pos = 0
             for i, n in zip(batch, lens):
@@ -239,22 +257,22 @@ class Engine:
                 pos += n
         return out
 
-    def perplexity(self, texts: list[str], context: str | None = None) -> CorpusScore:
+    def perplexity(self, texts: list[str], context: ContextArg = None) -> CorpusScore:
         return corpus_score(self.score(texts, add_eos=True, context=context))
 
-    def rank(self, candidates: list[str], context: str | None = None) -> list[TextScore]:
+    def rank(self, candidates: list[str], context: ContextArg = None) -> list[ScoredText]:
         """Candidates best first by total log-probability (n-best rescoring, grammar choice)."""
         if not candidates:
             raise InputError("candidates must not be empty", "candidates")
         return rank_scores(self.score(candidates, add_eos=True, context=context))
 
     # ---- next word -----------------------------------------------------------------------------
-    def _prefix_state(self, ids: list[int], topic: Topic | None) -> tuple[Tensor, State]:
+    def _prefix_state(self, ids: list[int], context: ResolvedContext) -> tuple[Tensor, State]:
         """Feature of the last position ([1, D]) and the state after reading <eos> + ids.
 
         Starts from the longest prefix of `ids` in the state cache, so only the new tokens are read.
         """
-        key = topic.ids if topic else None
+        key = context.key
         cached = self.state_cache.lookup(key, ids)
         if cached is not None and cached.length == len(ids):
             return cached.feature, cached.state
@@ -263,13 +281,13 @@ class Engine:
         else:
             new, state = ids[cached.length:], cached.state
         feats, state = self.model.features(torch.tensor([new], dtype=torch.long), state,
-                                           topic.vector if topic else None)
+                                           context.vector if context.used else None)
         feat = feats[:, -1].clone()  # not a view: the cache must not pin the whole [1, T, D] tensor
         self.state_cache.store(key, ids, feat, state)
         return feat, state
 
     @torch.inference_mode()
-    def next_word(self, text: str, k: int = 5, context: str | None = None) -> NextWord:
+    def next_word(self, text: str, k: int = 5, context: ContextArg = None) -> NextWord:
         """Top-k next words; if `text` ends inside a word, complete it (prefix-matching words, renormalised)."""
         if k < 1:
             raise InputError("k must be at least 1", "k")
@@ -279,14 +297,14 @@ class Engine:
             prefix = match.group(1)
             text = text[: match.start()]
         ids = self.tokenizer.encode(text).ids
-        topic = self._topic(context)
-        feat, _ = self._prefix_state(ids, topic)
-        probs = self.model.log_probs(feat, topic.words if topic else None)[0].exp()
+        context = self.resolve_context(context)
+        feat, _ = self._prefix_state(ids, context)
+        probs = self.model.log_probs(feat, context.words if context.used else None)[0].exp()
         if prefix is None:
             probs[self._banned] = 0.0
             probs[self.vocab.eos] = 0.0
             top = torch.topk(probs, min(k, probs.numel()))
-            preds = [Prediction(self.vocab.itos[i], float(p)) for p, i in zip(top.values, top.indices) if p > 0]
+            preds = [WordProb(self.vocab.itos[i], float(p)) for p, i in zip(top.values, top.indices) if p > 0]
         else:
             lo = bisect.bisect_left(self._sorted_words, prefix)
             hi = bisect.bisect_left(self._sorted_words, prefix + "\U0010ffff")
@@ -296,11 +314,12 @@ class Engine:
                 p = probs[cand]
                 p = p / p.sum()
                 top = torch.topk(p, min(k, p.numel()))
-                preds = [Prediction(self.vocab.itos[int(cand[i])], float(v)) for v, i in zip(top.values, top.indices)]
-        return NextWord(preds, prefix, self.context_used(context))
+                preds = [WordProb(self.vocab.itos[int(cand[i])], float(v)) for v, i in zip(top.values, top.indices)]
+        return NextWord(preds, prefix, context.used)
 
     # ---- generation ----------------------------------------------------------------------------
-    def generate(self, prompt: str, params: GenerationParams, context: str | None = None) -> Generation:
+    def generate(self, prompt: str, params: GenerationParams, context: ContextArg = None) -> Generation:
+        context = self.resolve_context(context)
         tokens: dict[int, list[str]] = {i: [] for i in range(params.n)}
         logprob = [0.0] * params.n
         finish: dict[int, str] = {}
@@ -312,18 +331,18 @@ class Engine:
             else:
                 tokens[event.index].append(event.token)
                 logprob[event.index] += event.logprob
-        choices = [Choice(i, texts[i], tokens[i], logprob[i], finish[i]) for i in range(params.n)]
-        return Generation(choices, self.context_used(context))
+        samples = [Sample(i, texts[i], tokens[i], logprob[i], finish[i]) for i in range(params.n)]
+        return Generation(samples, context.used)
 
     @torch.inference_mode()
-    def stream(self, prompt: str, params: GenerationParams, context: str | None = None) -> Iterator[StreamEvent]:
+    def stream(self, prompt: str, params: GenerationParams, context: ContextArg = None) -> Iterator[StreamEvent]:
         """Sample `n` continuations together, yielding each token as it is chosen, then a final event."""
         params.validate()
         gen = torch.Generator().manual_seed(params.seed if params.seed is not None else torch.seed())
         n = params.n
-        topic = self._topic(context)
-        ctx, words = (topic.vector.expand(n, -1), topic.words) if topic else (None, None)
-        feat, state = self._prefix_state(self.tokenizer.encode(prompt).ids, topic)
+        context = self.resolve_context(context)
+        ctx, words = (context.vector.expand(n, -1), context.words) if context.used else (None, None)
+        feat, state = self._prefix_state(self.tokenizer.encode(prompt).ids, context)
         feat = feat.expand(n, -1)
         state = tuple(s.expand(-1, n, -1).contiguous() for s in state) if isinstance(state, tuple) \
             else state.expand(-1, n, -1).contiguous()
@@ -375,13 +394,13 @@ class Engine:
         return torch.multinomial(logits.softmax(dim=-1), 1, generator=gen).squeeze(1)
 
 
-def corpus_score(results: Sequence[TextScore]) -> CorpusScore:
+def corpus_score(results: Sequence[ScoredText]) -> CorpusScore:
     """Perplexity over all tokens of all scored texts (each text's own scores kept)."""
     nll = -sum(r.logprob for r in results)
     n = sum(r.num_tokens for r in results)
     return CorpusScore(math.exp(nll / n) if n else float("nan"), n, nll, list(results))
 
 
-def rank_scores(scores: Sequence[TextScore]) -> list[TextScore]:
+def rank_scores(scores: Sequence[ScoredText]) -> list[ScoredText]:
     """Best first by total log-probability (stable for ties)."""
     return sorted(scores, key=lambda s: s.logprob, reverse=True)

@@ -152,10 +152,3 @@ class StateCache:
                 return
             parent.children.pop(node.token, None)
             node = parent
-
-    def clear(self) -> None:
-        with self._lock:
-            self._roots.clear()
-            self._lru.clear()
-            self.bytes = 0
-        self._emit("bytes", 0)

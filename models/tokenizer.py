@@ -81,9 +81,6 @@ class Tokenizer:
         oov = [t not in stoi for t in tokens]
         return Encoded(tokens, ids, oov)
 
-    def decode(self, ids: Iterable[int]) -> list[str]:
-        return [self.vocab.itos[i] for i in ids]
-
 
 _NO_SPACE_BEFORE = {",", ".", ";", ":", "!", "?", ")", "]", "}", "%", "'s", "'t", "'re", "'ve", "'ll", "'d", "'m", "n't"}
 _NO_SPACE_AFTER = {"(", "[", "{", "$"}

@@ -1,4 +1,5 @@
-"""The FastAPI application: settings -> registry (+ watcher) -> routers, error handlers, metrics."""
+"""The FastAPI application: settings -> registry (+ watcher), batcher, serving classes -> routers, error
+handlers, metrics."""
 from __future__ import annotations
 
 import logging
@@ -10,13 +11,14 @@ from fastapi import FastAPI
 from prometheus_client import REGISTRY
 
 from service import errors
+from service.admission import AdmissionMiddleware
 from service.batcher import Batcher
 from service.jobs import JobStore
-from service.metrics import MetricsMiddleware
+from service.metrics import JobCounts, MetricsMiddleware
 from service.registry import ModelRegistry
-from service.routes import generate, health, jobs, models, score
+from service.routes import generate, health, jobs, models, page, score
+from service.serving import GenerationService, JobService, NextWordService, ScoringService
 from service.settings import Settings
-from service.worker import JobCounts
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.warning("no loadable model in %s; /ready answers 503 until one appears", settings.checkpoints)
     registry.start()
     app.state.registry = registry
-    app.state.batcher = batcher = Batcher(settings)
+    batcher = Batcher(settings)
+    app.state.scoring = ScoringService(registry, batcher, settings)
+    app.state.next_word = NextWordService(registry, settings)
+    app.state.generation = GenerationService(registry, settings)
+    app.state.job_service = JobService(app.state.jobs, settings)
     job_counts: JobCounts | None = JobCounts(app.state.jobs)  # rnnlm_jobs{status}, read from the db per scrape
     try:
         REGISTRY.register(job_counts)
@@ -58,12 +64,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; models are loaded when its lifespan starts (uvicorn, TestClient, ...)."""
     settings = settings or Settings()
-    app = FastAPI(title="rnnlm-serve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="rnnlm-serve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)  # served offline by routes/page.py
     app.state.settings = settings
     app.state.jobs = JobStore(settings.jobs_db, stale_after_s=settings.job_stale_after_s)  # opened on first use
-    for module in (health, models, score, generate, jobs):
+    for module in (health, models, score, generate, jobs, page):
         app.include_router(module.router)
     errors.install(app)
+    app.add_middleware(AdmissionMiddleware, settings=settings)  # inside the body limit: reads bodies through it
     app.add_middleware(errors.BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, api=app)  # added last = outermost: sees every response
     return app

@@ -5,7 +5,8 @@ when requests are arriving concurrently (the previous batch merged several, or s
 waiting), waits up to `batch_wait_ms` for more or until `max_batch_texts` texts are waiting; a
 lone request on an idle model runs at once, so a sequential client pays no batching delay. The
 batch runs in the model's own worker thread: one `Engine.score` call per group of requests that
-share `add_eos` and `context`, and each request gets its own slice of the results back. While a
+share `add_eos` and context, and each request gets its own slice of the results back. Perplexity
+and ranking are the engine's own `corpus_score` and `rank_scores` over such batched scores. While a
 batch runs, new requests queue up and form the next one, so under load batches grow by
 themselves. A full queue refuses new requests (`QueueFullError` -> 503 with Retry-After).
 """
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 
 from starlette.concurrency import run_in_threadpool
 
-from models.engine import Engine, TextScore
+from models.engine import ContextArg, CorpusScore, Engine, ResolvedContext, ScoredText, corpus_score, rank_scores
 from models.errors import InputError
 from service import metrics
 from service.errors import QueueFullError
@@ -33,12 +34,12 @@ class _Request:
     engine: Engine
     texts: list[str]
     add_eos: bool
-    context: str | None
+    context: ResolvedContext
     future: asyncio.Future = field(repr=False)
 
     @property
     def group(self) -> tuple:
-        return id(self.engine), self.add_eos, self.context
+        return id(self.engine), self.add_eos, self.context.key
 
 
 class _ModelQueue:
@@ -120,12 +121,12 @@ class _ModelQueue:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _score_batch(batch: list[_Request], size_metric) -> list[list[TextScore] | Exception]:
+def _score_batch(batch: list[_Request], size_metric) -> list[list[ScoredText] | Exception]:
     """One engine call per (engine, add_eos, context) group; per-request results or errors, in order."""
     groups: dict[tuple, list[int]] = {}
     for i, request in enumerate(batch):
         groups.setdefault(request.group, []).append(i)
-    outcomes: list[list[TextScore] | Exception] = [[] for _ in batch]
+    outcomes: list[list[ScoredText] | Exception] = [[] for _ in batch]
     for members in groups.values():
         first = batch[members[0]]
         texts = [t for i in members for t in batch[i].texts]
@@ -161,8 +162,9 @@ class Batcher:
         self._queues: dict[str, _ModelQueue] = {}
 
     async def score(self, engine: Engine, texts: list[str], add_eos: bool = True,
-                    context: str | None = None) -> list[TextScore]:
+                    context: ContextArg = None) -> list[ScoredText]:
         """`engine.score(texts, add_eos, context)`, possibly computed together with other requests."""
+        context = engine.resolve_context(context)
         if not self.enabled:
             return await run_in_threadpool(engine.score, texts, add_eos=add_eos, context=context)
         queue = self._queues.get(engine.name)
@@ -171,6 +173,14 @@ class Batcher:
         future = asyncio.get_running_loop().create_future()
         queue.put(_Request(engine, list(texts), add_eos, context, future))
         return await future
+
+    async def perplexity(self, engine: Engine, texts: list[str], context: ContextArg = None) -> CorpusScore:
+        """`engine.perplexity(texts, context)`: each text ends with <eos>, scored through the batcher."""
+        return corpus_score(await self.score(engine, texts, add_eos=True, context=context))
+
+    async def rank(self, engine: Engine, candidates: list[str], context: ContextArg = None) -> list[ScoredText]:
+        """`engine.rank(candidates, context)`: best first, scored through the batcher."""
+        return rank_scores(await self.score(engine, candidates, add_eos=True, context=context))
 
     async def close(self) -> None:
         queues, self._queues = list(self._queues.values()), {}

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.errors import CheckpointError, InputError
+from service.jobs import JobConflict, JobNotFound
 
 log = logging.getLogger(__name__)
 
@@ -20,21 +21,68 @@ _HTTP_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "
                415: "unsupported_media_type", 429: "rate_limit_exceeded", 503: "unavailable"}
 
 
-class ModelNotFoundError(Exception):
-    """No loaded model (or alias) has this name."""
+class ServiceError(Exception):
+    """An error of the service with a message for the client and the request field at fault."""
 
-    def __init__(self, name: str, param: str = "model") -> None:
-        super().__init__(f"model {name!r} is not loaded; GET /v1/models lists the available ones")
-        self.name = name
+    headers: dict[str, str] | None = None
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
         self.param = param
 
 
-class QueueFullError(Exception):
+class BadRequestError(ServiceError):
+    """The request is well-formed but cannot be served as asked (a job's data path, jobs disabled)."""
+
+
+class AuthenticationError(ServiceError):
+    """No usable API key on a route that needs one."""
+
+    headers = {"WWW-Authenticate": "Bearer"}
+
+
+class PermissionDeniedError(ServiceError):
+    """An API key was given, but not the right one."""
+
+
+class ConflictError(ServiceError):
+    """The request clashes with what exists (a model name taken, an alias)."""
+
+
+class ModelNotFoundError(ServiceError):
+    """No loaded model (or alias) has this name."""
+
+    def __init__(self, name: str, param: str = "model", message: str | None = None) -> None:
+        super().__init__(message or f"model {name!r} is not loaded; GET /v1/models lists the available ones", param)
+        self.name = name
+
+
+class QueueFullError(ServiceError):
     """The micro-batcher's queue for a model is full: the client should retry shortly."""
 
     def __init__(self, model: str, depth: int, retry_after_s: int = 1) -> None:
         super().__init__(f"model {model!r} is overloaded ({depth} requests waiting); retry after {retry_after_s} s")
         self.retry_after_s = retry_after_s
+        self.headers = {"Retry-After": str(retry_after_s)}
+
+
+# Every domain exception and its HTTP status and error type, in one table. The message is the
+# exception's own, and `param` its `param` attribute, unless `_DESCRIBE` says otherwise.
+DOMAIN_ERRORS: dict[type[Exception], tuple[int, str]] = {
+    BadRequestError: (400, "invalid_request_error"),
+    AuthenticationError: (401, "authentication_error"),
+    PermissionDeniedError: (403, "permission_error"),
+    ModelNotFoundError: (404, "model_not_found"),
+    JobNotFound: (404, "job_not_found"),
+    ConflictError: (409, "conflict"),
+    JobConflict: (409, "conflict"),
+    InputError: (422, "invalid_request_error"),
+    QueueFullError: (503, "overloaded"),
+    CheckpointError: (503, "model_unavailable"),
+}
+_DESCRIBE: dict[type[Exception], Callable[[Exception], tuple[str, str | None]]] = {
+    JobNotFound: lambda exc: (f"no job with id {exc.args[0]!r}" if exc.args else "no such job", "id"),
+}
 
 
 def error_body(type_: str, message: str, param: str | None = None) -> dict[str, Any]:
@@ -44,6 +92,15 @@ def error_body(type_: str, message: str, param: str | None = None) -> dict[str, 
 def error_response(status: int, type_: str, message: str, param: str | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(error_body(type_, message, param), status_code=status, headers=headers)
+
+
+def domain_error(exc: Exception) -> tuple[int, str, str, str | None, dict[str, str] | None]:
+    """(status, type, message, param, headers) of a domain exception (its nearest class in DOMAIN_ERRORS)."""
+    cls = next(c for c in type(exc).__mro__ if c in DOMAIN_ERRORS)
+    status, type_ = DOMAIN_ERRORS[cls]
+    describe = _DESCRIBE.get(cls)
+    message, param = describe(exc) if describe else (str(exc), getattr(exc, "param", None))
+    return status, type_, message, param, getattr(exc, "headers", None)
 
 
 def param_path(loc: Sequence[str | int]) -> str | None:
@@ -69,35 +126,22 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     return error_response(422, "invalid_request_error", message, param)
 
 
-async def _input_error(request: Request, exc: InputError) -> JSONResponse:
-    return error_response(422, "invalid_request_error", str(exc), exc.param)
-
-
-async def _model_not_found(request: Request, exc: ModelNotFoundError) -> JSONResponse:
-    return error_response(404, "model_not_found", str(exc), exc.param)
-
-
-async def _queue_full(request: Request, exc: QueueFullError) -> JSONResponse:
-    return error_response(503, "overloaded", str(exc), None, headers={"Retry-After": str(exc.retry_after_s)})
+async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
+    status, type_, message, param, headers = domain_error(exc)
+    if isinstance(exc, CheckpointError):
+        log.error("%s while serving %s: %s", type(exc).__name__, request.url.path, exc)
+    return error_response(status, type_, message, param, headers)
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    detail = exc.detail
-    if isinstance(detail, dict):  # raised with an explicit {"type", "message", "param"}
-        return error_response(exc.status_code, detail.get("type", _HTTP_TYPES.get(exc.status_code, "http_error")),
-                              detail.get("message", ""), detail.get("param"), exc.headers)
+    """Errors raised by the framework itself (unknown path, wrong method, body too large)."""
     type_ = _HTTP_TYPES.get(exc.status_code, "http_error" if exc.status_code < 500 else "server_error")
-    message = detail if isinstance(detail, str) else str(detail)
+    message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     if exc.status_code == 404 and message == "Not Found":
         message = f"no such endpoint: {request.method} {request.url.path}"
     elif exc.status_code == 405:
         message = f"{request.method} is not allowed on {request.url.path}"
     return error_response(exc.status_code, type_, message, None, exc.headers)
-
-
-async def _checkpoint_error(request: Request, exc: CheckpointError) -> JSONResponse:
-    log.error("model error while serving %s: %s", request.url.path, exc)
-    return error_response(503, "model_unavailable", str(exc))
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -140,9 +184,7 @@ class BodyLimitMiddleware:
 def install(app: FastAPI) -> None:
     """Register every handler on `app`."""
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(InputError, _input_error)
-    app.add_exception_handler(ModelNotFoundError, _model_not_found)
-    app.add_exception_handler(QueueFullError, _queue_full)
+    for exc_class in DOMAIN_ERRORS:
+        app.add_exception_handler(exc_class, _domain_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(CheckpointError, _checkpoint_error)
     app.add_exception_handler(Exception, _unexpected)

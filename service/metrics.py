@@ -5,14 +5,22 @@ Labels are bounded: `endpoint` is a route template (`/v1/models/{name}`, never a
 """
 from __future__ import annotations
 
+import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 
 from fastapi import FastAPI
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.jobs import STATUSES, JobStore
+
+log = logging.getLogger(__name__)
 
 REQUESTS = Counter("rnnlm_requests", "HTTP requests handled", ["endpoint", "model", "status"])
 REQUEST_DURATION = Histogram(
@@ -33,6 +41,11 @@ STATE_CACHE_MISSES = Counter("rnnlm_state_cache_misses", "Prompts read from the 
 STATE_CACHE_EVICTIONS = Counter("rnnlm_state_cache_evictions", "Cached states dropped to stay within the "
                                                                "memory bound", ["model"])
 STATE_CACHE_BYTES = Gauge("rnnlm_state_cache_bytes", "Memory held by the recurrent-state cache", ["model"])
+ADMISSION_ADMITTED = Counter("rnnlm_admission_admitted", "Inference requests admitted by admission control")
+ADMISSION_REJECTED = Counter("rnnlm_admission_rejected", "Inference requests answered 503 by admission control: "
+                                                         "limit reached, or waited too long to be read", ["reason"])
+ADMISSION_LIMIT = Gauge("rnnlm_admission_limit", "Current limit on inference requests running at once")
+ADMISSION_IN_FLIGHT = Gauge("rnnlm_admission_in_flight", "Inference requests admitted and running")
 
 
 def state_cache_listener(model: str) -> Callable[[str, int], None]:
@@ -48,6 +61,40 @@ def state_cache_listener(model: str) -> Callable[[str, int], None]:
         else:
             counters[event].inc(value)
     return listener
+
+
+class JobCounts(Collector):
+    """`rnnlm_jobs{status}`: read from the database at scrape time, so every process agrees."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return [GaugeMetricFamily("rnnlm_jobs", "Jobs in the job store by status", labels=["status"])]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("rnnlm_jobs", "Jobs in the job store by status", labels=["status"])
+        counts = dict.fromkeys(STATUSES, 0)
+        if self.store.exists():  # never create the database just to report that it is empty
+            try:
+                counts = self.store.counts()
+            except Exception as exc:  # a scrape must not fail because the database is busy or broken
+                log.warning("cannot count jobs in %s: %s", self.store.path, exc)
+        for status, n in counts.items():
+            family.add_metric([status], n)
+        yield family
+
+
+# The labels of the request being handled (the middleware's per-request dict), so that the serving
+# layer can name the model it used without holding the HTTP request.
+_request_labels: ContextVar[dict | None] = ContextVar("rnnlm_request_labels", default=None)
+
+
+def label_model(name: str) -> None:
+    """Label the current request's metrics with the model that serves it (no-op outside a request)."""
+    labels = _request_labels.get()
+    if labels is not None:
+        labels["model"] = name
 
 
 UNMATCHED = "unmatched"  # endpoint label for paths that match no route (404s)
@@ -79,7 +126,8 @@ class RouteTemplates:
 class MetricsMiddleware:
     """Pure ASGI middleware: counts, times and gauges every HTTP request by route template.
 
-    Routes put the model they used on `request.state.model`; the middleware reads it afterwards.
+    The serving layer names the model it used with `label_model` (stored in the request's state);
+    the middleware reads it afterwards.
     Streaming responses are timed until their last chunk.
     """
 
@@ -104,9 +152,11 @@ class MetricsMiddleware:
         start = time.perf_counter()
         in_flight = IN_FLIGHT.labels(endpoint)
         in_flight.inc()
+        token = _request_labels.set(state)
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
+            _request_labels.reset(token)
             in_flight.dec()
             model = state.get("model") or NO_MODEL
             REQUESTS.labels(endpoint, model, str(status)).inc()

@@ -1,10 +1,11 @@
 """The models being served."""
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
 from models.engine import Engine
 from service.deps import RegistryDep
+from service.metrics import label_model
 from service.registry import ModelRegistry
 from service.schemas import ErrorResponse, ModelCard, ModelList
 
@@ -22,8 +23,8 @@ async def list_models(registry: RegistryDep) -> ModelList:
 
 
 @router.get("/{name}", response_model=ModelCard, responses={404: {"model": ErrorResponse}})
-async def get_model(name: str, request: Request, registry: RegistryDep) -> ModelCard:
+async def get_model(name: str, registry: RegistryDep) -> ModelCard:
     """A model by name or alias."""
     engine = registry.get(name, param="name")
-    request.state.model = engine.name
+    label_model(engine.name)
     return model_card(registry, engine)

@@ -150,7 +150,7 @@ def test_data_outside_the_roots_is_refused_unread(strict_api, roots, tiny_job, w
 
     def no_peeking(*args):
         raise AssertionError("looked inside a folder outside the data roots")
-    monkeypatch.setattr("service.routes.jobs.split_path", no_peeking)
+    monkeypatch.setattr("service.serving.jobs.split_path", no_peeking)
     error = assert_error(strict_api.post("/v1/jobs", json={**tiny_job(), "type": "train", "name": "x", "data": data}),
                          400, param="data")
     assert "outside the allowed data roots" in error["message"]

@@ -1,0 +1,86 @@
+"""Training and distillation jobs over the job store: submit, list, inspect, cancel."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+from models.checkpoint import CONFIG
+from models.data import split_path
+from service.errors import BadRequestError, ConflictError, ModelNotFoundError
+from service.jobs import Job, JobConflict, JobStore
+from service.schemas import JobCreated, JobInfo, JobList, JobProgress, JobRequest, JobStatus
+from service.settings import Settings
+
+
+def resolve_data(data: str, roots: list[Path]) -> Path:
+    """The corpus folder a job may read: inside a data root once symlinks and `..` are resolved."""
+    if not roots:
+        raise BadRequestError("training jobs are disabled: no data roots are configured (set RNNLM_DATA_ROOTS)",
+                              "data")
+    try:
+        path = Path(data).resolve()
+        allowed = any(path.is_relative_to(Path(root).resolve()) for root in roots)
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte, ...
+        raise BadRequestError(f"data: not a usable path: {data!r}", "data") from None
+    if not allowed:  # checked before anything under the path is looked at
+        raise BadRequestError(f"data: {data!r} is outside the allowed data roots", "data")
+    if not path.is_dir():
+        raise BadRequestError(f"data: no such corpus folder: {data!r}", "data")
+    if not split_path(path, "train").is_file():
+        raise BadRequestError(f"data: {data!r} has no train.txt", "data")
+    return path
+
+
+def check_names(body: JobRequest, settings: Settings) -> None:
+    """The result name must be free (or overwritable) and a distill job's teacher must exist."""
+    checkpoints = Path(settings.checkpoints)
+    if body.type == "distill" and not (checkpoints / body.teacher / CONFIG).is_file():
+        raise ModelNotFoundError(body.teacher, "teacher", f"teacher: no model {body.teacher!r} in the checkpoint "
+                                 "dir (GET /v1/models lists them)")
+    if body.name in settings.aliases:
+        raise ConflictError(f"name: {body.name!r} is an alias; choose another name", "name")
+    if (checkpoints / body.name).exists() and not body.overwrite:
+        raise ConflictError(f"name: model {body.name!r} already exists; pass \"overwrite\": true to replace it", "name")
+
+
+def _time(value: float | None) -> datetime | None:
+    return datetime.fromtimestamp(value, timezone.utc) if value is not None else None
+
+
+def job_info(job: Job) -> JobInfo:
+    return JobInfo(id=job.id, type=job.type, name=job.name, status=job.status,
+                   cancel_requested=job.cancel_requested, params=job.params,
+                   progress=JobProgress(**job.progress) if job.progress else None,
+                   model=job.name if job.status == "succeeded" else None, result=job.result, error=job.error,
+                   attempts=job.attempts, worker_id=job.worker_id, created_at=_time(job.created_at),
+                   started_at=_time(job.started_at), finished_at=_time(job.finished_at),
+                   heartbeat_at=_time(job.heartbeat_at))
+
+
+class JobService:
+    """`/v1/jobs*`: blocking SQLite calls, so its routes are plain `def` (FastAPI's thread pool)."""
+
+    def __init__(self, store: JobStore, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+
+    def submit(self, body: JobRequest) -> JobCreated:
+        """Queue a job once its data folder and names check out; the store refuses a name already training."""
+        data = resolve_data(body.data, self.settings.data_roots)
+        check_names(body, self.settings)
+        params = body.model_dump(exclude={"type", "name"}) | {"data": str(data)}
+        try:
+            job = self.store.submit(body.type, body.name, params)
+        except JobConflict as exc:
+            raise ConflictError(f"name: {exc}", "name") from None
+        return JobCreated(id=job.id, status=job.status)
+
+    def list_jobs(self, status: JobStatus | None, limit: int) -> JobList:
+        return JobList(data=[job_info(j) for j in self.store.list_jobs(status, limit)])
+
+    def get(self, job_id: str) -> JobInfo:
+        return job_info(self.store.get(job_id))
+
+    def cancel(self, job_id: str) -> JobInfo:
+        """A queued job is cancelled at once; a running one is asked to stop (still "running" here)."""
+        return job_info(self.store.cancel(job_id))

@@ -1,0 +1,26 @@
+"""Next-word prediction (predictive typing)."""
+from __future__ import annotations
+
+from starlette.concurrency import run_in_threadpool
+
+from service.registry import ModelRegistry
+from service.schemas import NextWordRequest, NextWordResponse, Prediction
+from service.serving.common import check_limits, context_fields, use_model
+from service.settings import Settings
+
+
+class NextWordService:
+    """`/v1/next-word`: runs in the thread pool, resuming from the engine's state cache."""
+
+    def __init__(self, registry: ModelRegistry, settings: Settings) -> None:
+        self.registry = registry
+        self.settings = settings
+
+    async def next_word(self, body: NextWordRequest) -> NextWordResponse:
+        check_limits(body, self.settings)
+        engine = use_model(self.registry, body.model)
+        context = engine.resolve_context(body.context)
+        result = await run_in_threadpool(engine.next_word, body.text, k=body.k, context=context)
+        return NextWordResponse(model=engine.name, predictions=[Prediction(word=p.word, prob=p.prob)
+                                                                for p in result.predictions],
+                                completing=result.prefix, **context_fields(context))
