@@ -2,7 +2,7 @@
 
 These loop over layers and time steps in Python using only matmuls, sigmoid and
 tanh, so tests can check that the fused torch.nn.RNN/LSTM/GRU modules compute
-what the design doc's equations say.
+what the textbook equations say.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def lstm_step(
 ) -> tuple[Tensor, Tensor]:
     """LSTM: c_t = f_t * c_{t-1} + i_t * u_t, h_t = o_t * tanh(c_t); returns (h_t, c_t)."""
     h, c = state
-    # PyTorch stacks the gate rows as [i, f, g, o]; the design doc's candidate u is PyTorch's g ("cell gate").
+    # PyTorch stacks the gate rows as [i, f, g, o]; the candidate u above is PyTorch's g ("cell gate").
     pre_i, pre_f, pre_u, pre_o = (_affine(x, w_ih, b_ih) + _affine(h, w_hh, b_hh)).chunk(4, dim=-1)
     i, f, u, o = torch.sigmoid(pre_i), torch.sigmoid(pre_f), torch.tanh(pre_u), torch.sigmoid(pre_o)
     c_new = f * c + i * u

@@ -1,7 +1,7 @@
-"""Request and response models of the HTTP API (DESIGN §4), in one place like vLLM's protocol.py.
+"""Request and response models of the HTTP API, in one place like vLLM's protocol.py.
 
 Static ranges live here as Field constraints; limits that come from Settings (how many texts,
-how long, the largest k / max_tokens / n) are checked by `service.deps.check_limits`.
+how long, the largest k / max_tokens / n) are checked by `service.serving.common.check_limits`.
 """
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ def _one_or_many(value: Any) -> Any:
 
 Text = Annotated[str, AfterValidator(_not_blank)]
 Context = Annotated[str | None, BeforeValidator(_blank_to_none), Field(
-    None, description="free-text topic (e.g. a WikiText article title) for models trained with one; "
-                      "other models ignore it and say so in `warnings`")]
+    None, description="a short free text the prediction is conditioned on (e.g. an article's subject), for "
+                      "models trained with one; other models ignore it and say so in `warnings`")]
 ModelName = Annotated[str | None, Field(None, description="model name or alias; default: the `default` alias",
                                         examples=["lstm"])]
 FinishReason = Literal["length", "stop", "eos"]
@@ -75,7 +75,7 @@ class ModelCard(BaseModel):
     arch: str = Field(description="lstm, gru or rnn")
     parameters: int
     vocab_size: int
-    context: bool = Field(description="whether the model was trained to condition on a topic")
+    context: bool = Field(description="whether the model was trained to condition on a `context`")
     emb: int | None = None
     hidden: int | None = None
     layers: int | None = None

@@ -1,4 +1,4 @@
-"""Knowledge distillation: the loss of DESIGN §1 and a student that learns from its teacher."""
+"""Knowledge distillation: the loss and a student that learns from its teacher."""
 import json
 
 import pytest

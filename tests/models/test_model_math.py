@@ -1,4 +1,4 @@
-"""The math of DESIGN §1: perplexity definitions, exact output layers, state carrying."""
+"""The model math: perplexity definitions, exact output layers, state carrying."""
 import math
 
 import pytest
