@@ -1,7 +1,7 @@
-"""`rnnlm serve` as a real process: readiness, scoring and streamed generation over real HTTP, metrics."""
+"""`rnnlm serve` as a real process, driven by rnnlm_client: readiness, scoring and streamed generation over
+real HTTP, metrics."""
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import subprocess
@@ -9,9 +9,11 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from rnnlm_client import BadRequestError, Client
+from rnnlm_client.types import Ready
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,42 +40,35 @@ def server(tmp_path: Path, tiny_model: Path, proc_tools) -> Iterator[str]:
 
 
 def test_real_server(server: str) -> None:
-    with httpx.Client(base_url=server, timeout=30) as client:
-        assert client.get("/health").json() == {"status": "ok"}
-        assert client.get("/ready").json() == {"status": "ready", "models": ["lstm"]}
+    with Client(server, timeout=30) as client:
+        assert client.health().status == "ok"
+        assert client.ready() == Ready(status="ready", models=["lstm"])
 
-        r = client.post("/v1/score", json={"texts": ["The game was released in Japan ."], "details": True})
-        assert r.status_code == 200
-        result = r.json()["results"][0]
-        assert r.json()["model"] == "lstm"
-        assert sum(t["logprob"] for t in result["tokens"]) == pytest.approx(result["logprob"], abs=1e-4)
+        scored = client.score(["The game was released in Japan ."], details=True)
+        result = scored.results[0]
+        assert scored.model == "lstm"
+        assert sum(t.logprob for t in result.tokens) == pytest.approx(result.logprob, abs=1e-4)
 
-        r = client.post("/v1/score", json={"texts": []})
-        assert r.status_code == 422 and r.json()["error"]["param"] == "texts"
+        with pytest.raises(BadRequestError) as err:
+            client.score([])
+        assert err.value.status == 422 and err.value.param == "texts"
 
-        data = []
-        with client.stream("POST", "/v1/generate",
-                           json={"prompt": "The film", "max_tokens": 20, "seed": 5, "stream": True}) as r:
-            assert r.status_code == 200
-            assert r.headers["content-type"].startswith("text/event-stream")
-            for line in r.iter_lines():
-                if line.startswith("data:"):
-                    data.append(line[len("data:"):].strip())
-                    if len(data) == 1:  # the event loop is free while the stream is open
-                        assert client.get("/health").status_code == 200
-        assert data[-1] == "[DONE]"
-        events = [json.loads(d) for d in data[:-1]]
-        final = events[-1]
-        assert final["finish_reason"] in ("length", "stop", "eos") and final["token"] is None
-        tokens = [e["token"] for e in events[:-1]]
+        chunks = []
+        with client.generate("The film", max_tokens=20, seed=5, stream=True) as stream:
+            assert stream.response.headers["content-type"].startswith("text/event-stream")
+            for chunk in stream:
+                chunks.append(chunk)
+                if len(chunks) == 1:  # the event loop is free while the stream is open
+                    assert client.health().status == "ok"
+        final = chunks[-1]
+        assert final.finish_reason in ("length", "stop", "eos") and final.token is None
+        tokens = [c.token for c in chunks[:-1]]
         assert all(t is not None for t in tokens) and len(tokens) <= 20
-        plain = client.post("/v1/generate", json={"prompt": "The film", "max_tokens": 20, "seed": 5}).json()
-        assert plain["choices"][0]["tokens"] == tokens
+        plain = client.generate("The film", max_tokens=20, seed=5)
+        assert plain.choices[0].tokens == tokens
 
-        r = client.get("/metrics")
-        assert r.status_code == 200
         requests = {(s.labels["endpoint"], s.labels["status"]): s.value
-                    for family in text_string_to_metric_families(r.text) for s in family.samples
+                    for family in text_string_to_metric_families(client.metrics()) for s in family.samples
                     if s.name == "rnnlm_requests_total"}
         assert requests[("/v1/score", "200")] == 1
         assert requests[("/v1/score", "422")] == 1
