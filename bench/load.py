@@ -9,7 +9,8 @@ RNNLM_STATE_CACHE_MB=0), and runs the same three scenarios against each:
 - typing: /v1/next-word after every word of a text, word by word up to 200 words (--words).
 
 Scoring never touches the state cache and next-word never goes through the batcher, so each
-scenario's ratio isolates one optimisation. Bounded in requests and in seconds per scenario.
+scenario's ratio isolates one optimisation. Bounded in requests and in seconds per scenario. The
+clients are rnnlm_client's AsyncClient with retries off, so a 503 counts as an error, not a wait.
 
     python bench/load.py --checkpoints checkpoints --model lstm
 """
@@ -22,14 +23,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
 from benchlib import free_port, model_parser, test_sentences
+from rnnlm_client import APIConnectionError, APIError, AsyncClient, Client
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {"optimised": {}, "baseline": {"RNNLM_BATCHING": "false", "RNNLM_STATE_CACHE_MB": "0"}}
@@ -87,17 +87,18 @@ def server(checkpoints: str, model: str, env: dict[str, str], threads: int) -> I
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 180
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"server exited with {proc.returncode}")
-                try:
-                    if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("server not ready after 180 s")
-                time.sleep(0.25)
+            with Client(url, timeout=2, max_retries=0) as client:
+                while True:
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"server exited with {proc.returncode}")
+                    try:
+                        if client.ready().ready:
+                            break
+                    except APIConnectionError:
+                        pass
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("server not ready after 180 s")
+                    time.sleep(0.25)
             yield url, proc.pid
         finally:
             proc.terminate()
@@ -108,13 +109,19 @@ def server(checkpoints: str, model: str, env: dict[str, str], threads: int) -> I
                 proc.wait()
 
 
-async def timed_post(client: httpx.AsyncClient, path: str, body: dict, result: Result) -> None:
+async def timed(call: Awaitable[object], result: Result) -> None:
+    """Await one client call; its latency, and whether it succeeded."""
     start = time.perf_counter()
     try:
-        ok = (await client.post(path, json=body)).status_code == 200
-    except httpx.HTTPError:
+        await call
+        ok = True
+    except (APIError, APIConnectionError):
         ok = False
     result.add(time.perf_counter() - start, ok)
+
+
+def bench_client(url: str) -> AsyncClient:
+    return AsyncClient(url, timeout=60, max_retries=0)
 
 
 async def scoring(url: str, pid: int, model: str, sentences: list[str], clients: int, requests: int,
@@ -124,17 +131,17 @@ async def scoring(url: str, pid: int, model: str, sentences: list[str], clients:
     todo = iter(range(requests))
     stop = time.perf_counter() + time_limit
 
-    async def client_loop(client: httpx.AsyncClient) -> None:
+    async def client_loop(client: AsyncClient) -> None:
         for i in todo:
             if time.perf_counter() > stop:
                 return
-            await timed_post(client, "/v1/score", {"model": model, "texts": [sentences[i % len(sentences)]]}, result)
+            await timed(client.score([sentences[i % len(sentences)]], model=model), result)
 
     # One connection per client, as separate users would have (and httpx's pool is slow to share).
-    pool = [httpx.AsyncClient(base_url=url, timeout=60) for _ in range(clients)]
+    pool = [bench_client(url) for _ in range(clients)]
     try:
         for client in pool:  # connect, and warm up
-            await timed_post(client, "/v1/score", {"model": model, "texts": sentences[:2]}, Result())
+            await timed(client.score(sentences[:2], model=model), Result())
         start, cpu = time.perf_counter(), cpu_seconds(pid)
         await asyncio.gather(*(client_loop(client) for client in pool))
         result.seconds = time.perf_counter() - start
@@ -150,15 +157,15 @@ async def typing(url: str, model: str, words: list[str], sessions: int, length: 
     """Type `sessions` texts word by word; latency of /v1/next-word by prefix length (in words)."""
     by_length: dict[int, Result] = {}
     stop = time.perf_counter() + time_limit
-    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+    async with bench_client(url) as client:
         for session in range(sessions):
             start = session * 37 % max(1, len(words) - length)
             text = words[start:start + length]
             for n in range(length + 1):
                 if time.perf_counter() > stop:
                     return by_length
-                body = {"model": model, "text": " ".join(text[:n]) + " " if n else "", "k": 5}
-                await timed_post(client, "/v1/next-word", body, by_length.setdefault(n, Result()))
+                typed = " ".join(text[:n]) + " " if n else ""
+                await timed(client.next_word(typed, k=5, model=model), by_length.setdefault(n, Result()))
     return by_length
 
 
@@ -203,7 +210,8 @@ def main() -> None:
             cpu = cpu_seconds(pid)
             r["typing"] = asyncio.run(typing(url, args.model, words, args.sessions, args.words, args.time_limit))
             r["typing_cpu"] = cpu_seconds(pid) - cpu
-            r["metrics"] = httpx.get(f"{url}/metrics").text
+            with Client(url, max_retries=0) as client:
+                r["metrics"] = client.metrics()
 
     print(f"\nmodel {args.model}, server torch threads {args.threads}; scoring requests carry one WikiText-2 "
           "test sentence each")
