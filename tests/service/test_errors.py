@@ -1,11 +1,21 @@
 """Bad input: always a 4xx with {"error": {"type", "message", "param"}}, never a 500, and the server goes on."""
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from pathlib import Path
+
 import httpx
 import pytest
 from fastapi import FastAPI
+from pydantic import SecretStr
 
-from models.errors import InputError
+from models.errors import CheckpointError, InputError
+from service import errors
+from service.app import create_app
+from service.errors import (AuthenticationError, BadRequestError, ConflictError, ModelNotFoundError,
+                            PermissionDeniedError, QueueFullError)
+from service.jobs import JobConflict, JobNotFound
+from service.settings import Settings
 
 pytestmark = pytest.mark.anyio
 
@@ -147,3 +157,75 @@ async def test_server_keeps_serving_after_errors(client: httpx.AsyncClient) -> N
     r = await client.post("/v1/score", json={"texts": ["The end ."]})
     assert r.status_code == 200
     assert (await client.get("/health")).status_code == 200
+
+
+# ---- the one table of domain exceptions ---------------------------------------------------------
+DOMAIN = [
+    # (exception, status, type, param, message fragment, headers)
+    (BadRequestError("jobs are disabled", "data"), 400, "invalid_request_error", "data", "disabled", {}),
+    (AuthenticationError("this route needs an API key"), 401, "authentication_error", None, "API key",
+     {"www-authenticate": "Bearer"}),
+    (PermissionDeniedError("wrong API key"), 403, "permission_error", None, "wrong", {}),
+    (ModelNotFoundError("ghost"), 404, "model_not_found", "model", "ghost", {}),
+    (JobNotFound("abc123"), 404, "job_not_found", "id", "abc123", {}),
+    (ConflictError("name: taken", "name"), 409, "conflict", "name", "taken", {}),
+    (JobConflict("job abc has already succeeded"), 409, "conflict", None, "already succeeded", {}),
+    (InputError("k must be at least 1", "k"), 422, "invalid_request_error", "k", "at least 1", {}),
+    (QueueFullError("lstm", 256, retry_after_s=2), 503, "overloaded", None, "overloaded", {"retry-after": "2"}),
+    (CheckpointError("weights.pt is truncated"), 503, "model_unavailable", None, "truncated", {}),
+]
+
+
+@pytest.fixture
+async def raising_client() -> AsyncIterator[httpx.AsyncClient]:
+    """A bare app with the service's handlers whose one route raises the exception it is given."""
+    app = FastAPI()
+    errors.install(app)
+    raised: list[Exception] = []
+
+    @app.get("/raise")
+    async def raise_it() -> None:
+        raise raised[0]
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+        c.raised = raised
+        yield c
+
+
+@pytest.mark.parametrize("exc, status, type_, param, fragment, headers", DOMAIN,
+                         ids=[type(row[0]).__name__ for row in DOMAIN])
+async def test_each_domain_exception_maps_to_its_status(raising_client: httpx.AsyncClient, exc: Exception,
+                                                        status: int, type_: str, param: str | None,
+                                                        fragment: str, headers: dict[str, str]) -> None:
+    raising_client.raised.append(exc)
+    r = await raising_client.get("/raise")
+    error = assert_error(r, status, type_=type_)
+    assert error["param"] == param and fragment in error["message"]
+    assert {k: r.headers.get(k) for k in headers} == headers
+
+
+def test_every_domain_exception_is_in_the_table() -> None:
+    assert {type(row[0]) for row in DOMAIN} == set(errors.DOMAIN_ERRORS)
+
+
+async def test_a_subclass_maps_like_its_parent(raising_client: httpx.AsyncClient) -> None:
+    class TooFewWords(InputError):
+        pass
+
+    raising_client.raised.append(TooFewWords("text 0 has no tokens", "texts.0"))
+    assert_error(await raising_client.get("/raise"), 422, "texts.0", "invalid_request_error")
+
+
+async def test_api_key_errors_come_from_the_table(settings: Settings, tmp_path: Path) -> None:
+    keyed = settings.model_copy(update={"api_key": SecretStr("s3cret"), "jobs_db": tmp_path / "jobs.db"})
+    app = create_app(keyed)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        r = await client.get("/v1/jobs")
+        assert_error(r, 401, type_="authentication_error")
+        assert r.headers["www-authenticate"] == "Bearer"
+        assert_error(await client.get("/v1/jobs", headers={"Authorization": "Bearer nope"}), 403,
+                     type_="permission_error")
+        assert (await client.get("/v1/jobs", headers={"Authorization": "Bearer s3cret"})).status_code == 200
+        assert_error(await client.get("/v1/jobs/abc", headers={"Authorization": "Bearer s3cret"}), 404, "id",
+                     "job_not_found")
