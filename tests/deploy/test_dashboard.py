@@ -55,7 +55,7 @@ def exported() -> dict[str, str]:
 
     for module in pkgutil.walk_packages(service.__path__, "service."):
         importlib.import_module(module.name)
-    from service.worker import JobCounts  # registered at run time (it reads the job database per scrape)
+    from service.metrics import JobCounts  # registered at run time (it reads the job database per scrape)
 
     families = list(REGISTRY.collect()) + list(JobCounts.describe(None))
     return {family.name + suffix: family.type for family in families if family.name.startswith("rnnlm_")
