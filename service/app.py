@@ -11,12 +11,11 @@ from fastapi import FastAPI
 from prometheus_client import REGISTRY
 
 from service import errors
-from service.admission import AdmissionMiddleware
 from service.batcher import Batcher
 from service.jobs import JobStore
 from service.metrics import JobCounts, MetricsMiddleware
 from service.registry import ModelRegistry
-from service.routes import generate, health, jobs, models, page, score
+from service.routes import generate, health, jobs, models, score
 from service.serving import GenerationService, JobService, NextWordService, ScoringService
 from service.settings import Settings
 
@@ -64,14 +63,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; models are loaded when its lifespan starts (uvicorn, TestClient, ...)."""
     settings = settings or Settings()
-    app = FastAPI(title="rnnlm-serve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
-                  docs_url=None, redoc_url=None)  # served offline by routes/page.py
+    app = FastAPI(title="rnnlm-serve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.jobs = JobStore(settings.jobs_db, stale_after_s=settings.job_stale_after_s)  # opened on first use
-    for module in (health, models, score, generate, jobs, page):
+    for module in (health, models, score, generate, jobs):
         app.include_router(module.router)
     errors.install(app)
-    app.add_middleware(AdmissionMiddleware, settings=settings)  # inside the body limit: reads bodies through it
     app.add_middleware(errors.BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, api=app)  # added last = outermost: sees every response
     return app
