@@ -8,6 +8,7 @@ finished epoch when a worker claims it again.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -24,10 +25,9 @@ from prometheus_client import REGISTRY, Counter, Gauge, start_http_server
 
 from models.checkpoint import copy_model
 from models.errors import CheckpointError, RNNLMError, TrainingCancelled
-from models.train import EpochReport, StepReport, TrainResult
+from models.train import EpochReport, TrainConfig, TrainResult
 from service.jobs import Job, JobStore
 from service.metrics import JobCounts
-from service.schemas import JobRequest
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,20 @@ TRAINING_TOKENS_PER_SECOND = Gauge("rnnlm_training_tokens_per_second", "Training
                                    ["type"])
 TRAINING_VALID_PERPLEXITY = Gauge("rnnlm_training_valid_perplexity", "Validation perplexity after the last epoch",
                                   ["type"])
+
+
+def train_config(params: dict[str, Any], out: Path, run_dir: Path) -> TrainConfig:
+    """A TrainConfig from a job's parameters (the CLI flag names); unknown keys are ignored."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"out", "run_dir"}
+    kwargs = {k: v for k, v in params.items() if k in names and v is not None}
+    if kwargs.get("tie"):
+        kwargs["adaptive"] = False  # as on the command line: tied embeddings need the full softmax
+    return TrainConfig(out=str(out), run_dir=str(run_dir), **kwargs)
+
+
+def publish_model(src: Path, dst: Path) -> None:
+    """Copy a finished model folder into the checkpoint dir atomically (the registry never sees half)."""
+    copy_model(src, dst)
 
 
 def one_line(exc: BaseException) -> str:
@@ -62,9 +76,9 @@ class JobRun:
         self.worker, self.job, self.store = worker, job, worker.store
         self.lost = threading.Event()       # the job was taken over by another worker
         self.cancelled = False              # the user asked to cancel
-        # the job's progress (see JobProgress); a resumed job starts from what its last attempt recorded
-        self.progress: dict[str, Any] = dict(job.progress or {})
-        self._reported = False
+        self.first_epoch: int | None = None  # first epoch finished in this attempt (> 1: resumed)
+        self.progress: dict[str, Any] = {}  # as of the last epoch finished in this attempt
+        self.steps_since_epoch = 0
         self._last_check = 0.0
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"rnnlm-heartbeat-{job.id[:8]}", daemon=True)
@@ -95,36 +109,30 @@ class JobRun:
 
     def should_stop(self) -> bool:
         """Called by the trainer before every step: cheap, touches the database at most once a second."""
+        self.steps_since_epoch += 1
         now = time.monotonic()
         if now - self._last_check >= CANCEL_CHECK_S:
             self._last_check = now
             self.worker.check_parent()
-            self._heartbeat(self.progress or None)
+            self._heartbeat(self._live_progress())
         return self.cancelled or self.lost.is_set() or self.worker.stopping
 
-    def on_step(self, report: StepReport) -> None:
-        """Progress within an epoch; stored with the next heartbeat (the first one at once)."""
-        self.progress.update({
-            "epoch": report.epoch - 1, "epochs": report.epochs, "step": report.step,
-            "total_steps": report.total_steps, "epoch_step": report.epoch_step, "epoch_steps": report.epoch_steps,
-            "loss": _finite(report.loss), "tokens_per_s": _finite(report.tokens_per_s),
-            "eta_s": _finite(report.eta_s), "lr": report.lr,
-            "resumed_from_epoch": report.start_epoch - 1, "attempt": self.job.attempts,
-        })
-        if not self._reported:
-            self._reported = True
-            self._heartbeat(self.progress)
+    def _live_progress(self) -> dict[str, Any] | None:
+        """Progress with the current step, when the step count at the last epoch is known."""
+        if self.first_epoch is None and (self.job.progress or {}).get("epoch"):
+            return None  # resumed, no epoch finished yet: the stored progress is the best we know
+        return {**self.progress, "step": self.progress.get("step", 0) + self.steps_since_epoch - 1}
 
     def on_epoch(self, report: EpochReport) -> None:
-        history = [{"epoch": h["epoch"], "train_loss": _finite(h["train_loss"]), "valid_ppl": _finite(h["valid_ppl"])}
-                   for h in report.history or []]
-        self.progress.update({
-            "epoch": report.epoch, "epochs": report.epochs, "step": report.step, "total_steps": report.total_steps,
-            "epoch_step": None, "epoch_steps": None, "loss": _finite(report.loss),
+        if self.first_epoch is None:
+            self.first_epoch = report.epoch
+        self.steps_since_epoch = 0
+        self.progress = {
+            "epoch": report.epoch, "epochs": report.epochs, "step": report.step, "loss": _finite(report.loss),
             "valid_ppl": _finite(report.valid_ppl), "best_valid_ppl": _finite(report.best_valid_ppl),
             "tokens_per_s": _finite(report.tokens_per_s), "eta_s": _finite(report.eta_s), "lr": report.lr,
-            "history": history, "resumed_from_epoch": report.start_epoch - 1, "attempt": self.job.attempts,
-        })
+            "resumed_from_epoch": self.first_epoch - 1, "attempt": self.job.attempts,
+        }
         self._heartbeat(self.progress)
         kind = self.job.type
         TRAINING_EPOCH.labels(kind).set(report.epoch)
@@ -241,22 +249,23 @@ class Worker:
         return status
 
     def _execute(self, job: Job, run_dir: Path, run: JobRun) -> dict[str, Any]:
-        request = JobRequest.model_validate({**job.params, "type": job.type, "name": job.name})
+        params = job.params
         target = self.checkpoints / job.name
-        overwrite = request.overwrite
+        overwrite = bool(params.get("overwrite"))
         if target.exists() and not overwrite:
             raise CheckpointError(f"model {job.name!r} already exists in {self.checkpoints}; "
                                   "submit with overwrite=true to replace it")
-        cfg = request.to_train_config(out=run_dir / "out" / job.name, run_dir=run_dir / "state",
-                                      checkpoints=self.checkpoints)
+        cfg = train_config(params, out=run_dir / "out" / job.name, run_dir=run_dir / "state")
         # The staging folder belongs to this job alone: always resumable, always overwritable.
-        kwargs = dict(resume=True, overwrite=True, on_epoch=run.on_epoch, on_step=run.on_step,
-                      should_stop=run.should_stop, progress=False)
+        kwargs = dict(resume=True, overwrite=True, on_epoch=run.on_epoch, should_stop=run.should_stop,
+                      progress=False)
         result: TrainResult
         if job.type == "distill":
             from models.distill import distill
-            result = distill(cfg, teacher=str(self.checkpoints / request.teacher),
-                             settings=request.to_distill_config(), **kwargs)
+            result = distill(cfg, teacher=str(self.checkpoints / params["teacher"]),
+                             temperature=params.get("temperature") or 2.0,
+                             alpha=params["alpha"] if params.get("alpha") is not None else 0.5,
+                             kd_fraction=params.get("kd_fraction") or 1.0, **kwargs)
         else:
             from models.train import train
             result = train(cfg, **kwargs)
@@ -265,7 +274,7 @@ class Worker:
         if target.exists() and not overwrite:  # shipped while this job was training
             raise CheckpointError(f"model {job.name!r} appeared in {self.checkpoints} while training; "
                                   "submit with overwrite=true to replace it")
-        copy_model(result.out, target)  # atomically: the registry never sees half a model
+        publish_model(result.out, target)
         return {"model": job.name, "epochs_run": result.epochs_run, "seconds": round(result.seconds, 2),
                 "valid_ppl": _finite(result.valid_ppl), "test_ppl": _finite(result.test_ppl),
                 "parameters": result.parameters}
