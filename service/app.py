@@ -15,7 +15,7 @@ from service.batcher import Batcher
 from service.jobs import JobStore
 from service.metrics import JobCounts, MetricsMiddleware
 from service.registry import ModelRegistry
-from service.routes import generate, health, jobs, models, score
+from service.routes import generate, health, jobs, models, page, score
 from service.serving import GenerationService, JobService, NextWordService, ScoringService
 from service.settings import Settings
 
@@ -63,10 +63,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; models are loaded when its lifespan starts (uvicorn, TestClient, ...)."""
     settings = settings or Settings()
-    app = FastAPI(title="rnnlm-serve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="rnnlm-serve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)  # served offline by routes/page.py
     app.state.settings = settings
     app.state.jobs = JobStore(settings.jobs_db, stale_after_s=settings.job_stale_after_s)  # opened on first use
-    for module in (health, models, score, generate, jobs):
+    for module in (health, models, score, generate, jobs, page):
         app.include_router(module.router)
     errors.install(app)
     app.add_middleware(errors.BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
