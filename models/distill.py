@@ -8,14 +8,19 @@ softmax on either side the full distribution it defines over the vocabulary is u
 """
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from models.checkpoint import load_model
+from models.config import DistillConfig
 from models.errors import CheckpointError
 from models.rnnlm import RNNLM, State, detach_state
 from models.train import Batches, Objective, TrainConfig, TrainResult, title_context, train
+
+__all__ = ["DistillConfig", "Distillation", "distill", "kd_loss"]
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, student_ce: Tensor,
@@ -31,16 +36,10 @@ class Distillation(Objective):
     """The KD objective; keeps the teacher's recurrent state across the windows of an epoch."""
     titles = True
 
-    def __init__(self, teacher: RNNLM, temperature: float = 2.0, alpha: float = 0.5, kd_fraction: float = 1.0,
-                 seed: int = 0) -> None:
-        if temperature <= 0:
-            raise ValueError("temperature must be > 0")
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError("alpha must be in [0, 1]")
-        if not 0.0 < kd_fraction <= 1.0:
-            raise ValueError("kd_fraction must be in (0, 1]")
+    def __init__(self, teacher: RNNLM, settings: DistillConfig | None = None, seed: int = 0) -> None:
+        settings = settings or DistillConfig()
         self.teacher = teacher.eval()
-        self.temperature, self.alpha, self.kd_fraction = temperature, alpha, kd_fraction
+        self.temperature, self.alpha, self.kd_fraction = settings.temperature, settings.alpha, settings.kd_fraction
         self.state: State | None = None
         self.table = None
         self.last_kl = float("nan")
@@ -72,14 +71,13 @@ class Distillation(Objective):
         return loss
 
 
-def distill(cfg: TrainConfig, teacher: str, temperature: float = 2.0, alpha: float = 0.5, kd_fraction: float = 1.0,
-            **train_kwargs) -> TrainResult:
+def distill(cfg: TrainConfig, teacher: str, settings: DistillConfig | None = None, **train_kwargs) -> TrainResult:
     """Train the student described by `cfg` from the teacher model folder at `teacher`."""
+    settings = settings or DistillConfig()
     loaded = load_model(teacher)
     if cfg.max_vocab is not None and cfg.max_vocab != len(loaded.tokenizer.vocab):
         raise CheckpointError("a student shares its teacher's vocabulary; drop --max-vocab")
-    objective = Distillation(loaded.model, temperature, alpha, kd_fraction, seed=cfg.seed)
+    objective = Distillation(loaded.model, settings, seed=cfg.seed)
     provenance = {"teacher": loaded.name, "teacher_path": str(loaded.path),
-                  "teacher_parameters": loaded.model.num_parameters(),
-                  "distillation": {"temperature": temperature, "alpha": alpha, "kd_fraction": kd_fraction}}
+                  "teacher_parameters": loaded.model.num_parameters(), "distillation": asdict(settings)}
     return train(cfg, objective=objective, vocab=loaded.tokenizer.vocab, provenance=provenance, **train_kwargs)

@@ -1,19 +1,17 @@
 """Data-parallel training across processes and machines started by `torchrun`.
 
-Each rank trains on its own rows of the batchified stream and gradients are averaged with one
-all-reduce per step before the optimiser runs (DDP's semantics; gloo works on CPUs). Without
-torchrun's environment (WORLD_SIZE unset or 1) everything here is a no-op.
+Each rank trains on its own rows of the batchified stream; torch's DistributedDataParallel averages
+the gradients with all-reduces during the backward pass (gloo works on CPUs). Without torchrun's
+environment (WORLD_SIZE unset or 1) the model runs as it is and nothing here communicates.
 """
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass
 
-import torch
 import torch.distributed as dist
-from torch import Tensor
-from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 
 @dataclass(frozen=True)
@@ -39,15 +37,11 @@ class World:
         """This rank's `per_rank` rows of a [size * per_rank, L] batchified tensor."""
         return data[self.rank * per_rank:(self.rank + 1) * per_rank]
 
-    def average_gradients(self, params: Iterable[torch.nn.Parameter]) -> None:
+    def wrap(self, module: nn.Module, find_unused_parameters: bool = False) -> nn.Module:
+        """`module` in DistributedDataParallel when there are several ranks, else `module` itself."""
         if self.size == 1:
-            return
-        grads = [p.grad for p in params if p.grad is not None]
-        flat = _flatten_dense_tensors(grads)
-        dist.all_reduce(flat)
-        flat /= self.size
-        for grad, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
-            grad.copy_(synced)
+            return module
+        return DistributedDataParallel(module, find_unused_parameters=find_unused_parameters)
 
     def barrier(self) -> None:
         if self.size > 1:

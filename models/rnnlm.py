@@ -129,6 +129,15 @@ class RNNLM(nn.Module):
             out = self.proj(out)
         return out, state
 
+    def forward(self, inputs: Tensor, state: State | None = None, context: Tensor | None = None,
+                targets: Tensor | None = None) -> tuple[Tensor, State]:
+        """Mean cross-entropy of `targets` (nats per token) given `inputs`, and the new state: one
+        training step's forward (what DistributedDataParallel runs). Without targets: the features."""
+        feats, state = self.features(inputs, state, context)
+        if targets is None:
+            return feats, state
+        return self.loss(feats, targets), state
+
     def _by_cell(self, x: Tensor, state: State | None) -> tuple[Tensor, State]:
         """The recurrence one cell call per layer and token: the same values as the fused module,
         without its fixed per-call setup (oneDNN costs ~0.6 ms a call, a whole keystroke's worth)."""

@@ -7,6 +7,7 @@ From epoch `average_from` on, the weights are also averaged over every step (Pol
 as in ASGD and SWA), and validation, early stopping and the written model use the average.
 `init` starts a new run (fresh optimiser and schedule) from the weights, architecture and
 vocabulary of an existing model folder, e.g. to train a finished model further.
+Under `torchrun` each step runs in torch's DistributedDataParallel (see models.distributed).
 """
 from __future__ import annotations
 
@@ -15,89 +16,42 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from models.checkpoint import LoadedModel, load_model, read_config, save_model
+from models.config import TrainConfig
 from models.data import Corpus, Stream, batchify, load_corpus, num_windows, tbptt_windows
-from models.errors import CheckpointError, DataError, TrainingCancelled
 from models.distributed import World
+from models.errors import CheckpointError, DataError, TrainingCancelled
 from models.evaluate import evaluate_stream, fit_context_boost
-from models.rnnlm import RNNLM, ModelConfig, detach_state
+from models.rnnlm import RNNLM, ModelConfig, State, detach_state
 from models.tokenizer import Tokenizer, Vocab
 
-SCHEDULES = ("plateau", "cosine", "none")
-OPTIMIZERS = ("adam", "sgd")
+__all__ = ["TrainConfig", "Trainer", "train", "finalize", "fit_boost", "StepReport", "EpochReport", "TrainResult"]
+
+REPORT_EVERY_S = 2.0  # seconds between step reports within an epoch
 
 
 @dataclass
-class TrainConfig:
-    data: str
-    out: str
-    arch: str = "lstm"
-    emb: int = 256
-    hidden: int = 256
-    layers: int = 2
-    dropout: float = 0.3
-    tie: bool = False
-    adaptive: bool = True
-    cutoffs: list[int] = field(default_factory=lambda: [2000, 10000])
-    context: bool = False
-    context_dropout: float = 0.3
-    epochs: int = 10
-    batch_size: int = 64
-    bptt: int = 35
-    lr: float = 2e-3
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    clip: float = 0.25
-    schedule: str = "plateau"
-    patience: int = 3
-    seed: int = 1234
-    max_vocab: int | None = None
-    style: str = "wikitext"
-    train_tokens: int | None = None
-    valid_tokens: int | None = None
-    run_dir: str | None = None
-    save_dtype: str = "float32"
-    init: str | None = None
-    average_from: int | None = None
-
-    def __post_init__(self) -> None:
-        checks = {
-            "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1, "bptt": self.bptt >= 2,
-            "lr": 0 < self.lr < 100, "clip": self.clip >= 0, "patience": self.patience >= 1,
-            "weight_decay": self.weight_decay >= 0,
-            "average_from": self.average_from is None or self.average_from >= 1,
-            "schedule": self.schedule in SCHEDULES, "optimizer": self.optimizer in OPTIMIZERS,
-            "save_dtype": self.save_dtype in ("float32", "float16"),
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"invalid {name}: {getattr(self, name)!r}")
-
-    def model_config(self, vocab_size: int) -> ModelConfig:
-        return ModelConfig(arch=self.arch, vocab_size=vocab_size, emb=self.emb, hidden=self.hidden,
-                           layers=self.layers, dropout=self.dropout, tie=self.tie, adaptive=self.adaptive,
-                           cutoffs=list(self.cutoffs), context=self.context,
-                           context_dropout=self.context_dropout)
-
-    def resolved_run_dir(self) -> Path:
-        if self.run_dir:
-            return Path(self.run_dir)
-        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-        return cache / "rnnlm" / "runs" / Path(self.out).resolve().as_posix().strip("/").replace("/", "__")
-
-    def adopt(self, model: ModelConfig, style: str) -> TrainConfig:
-        """This config with the architecture (and tokenizer style) of an existing model."""
-        return replace(self, arch=model.arch, emb=model.emb, hidden=model.hidden, layers=model.layers,
-                       tie=model.tie, adaptive=model.adaptive, cutoffs=list(model.cutoffs), context=model.context,
-                       style=style)
+class StepReport:
+    """Progress within an epoch (the `on_step` callback): where the run is, how fast, how long to go."""
+    epoch: int              # the epoch in progress
+    epochs: int
+    step: int               # optimiser steps of the whole run so far
+    total_steps: int        # steps of the whole run (epochs x steps per epoch)
+    epoch_step: int
+    epoch_steps: int
+    loss: float             # running mean training loss of this epoch (nats per token)
+    tokens_per_s: float     # this epoch so far, all ranks together
+    eta_s: float            # estimated training seconds to the end of the last epoch
+    lr: float
+    start_epoch: int        # first epoch of this attempt (> 1: resumed)
 
 
 @dataclass
@@ -113,6 +67,9 @@ class EpochReport:
     eta_s: float
     lr: float
     improved: bool
+    total_steps: int = 0
+    start_epoch: int = 1
+    history: list[dict] | None = None  # every finished epoch of the run: epoch, steps, train_loss, valid_ppl, ...
 
 
 @dataclass
@@ -154,10 +111,20 @@ class Objective:
     def __call__(self, model: RNNLM, feats: Tensor, inputs: Tensor, targets: Tensor, titles: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def step(self, model: RNNLM, inputs: Tensor, state: State, context: Tensor | None, targets: Tensor,
+             titles: Tensor) -> tuple[Tensor, State]:
+        """(loss, new state) of one window."""
+        feats, state = model.features(inputs, state, context)
+        return self(model, feats, inputs, targets, titles), state
+
 
 class CrossEntropy(Objective):
     def __call__(self, model: RNNLM, feats: Tensor, inputs: Tensor, targets: Tensor, titles: Tensor) -> Tensor:
         return model.loss(feats, targets)
+
+    def step(self, model: RNNLM, inputs: Tensor, state: State, context: Tensor | None, targets: Tensor,
+             titles: Tensor) -> tuple[Tensor, State]:
+        return model(inputs, state, context, targets)
 
 
 def title_context(model: RNNLM, table: tuple[Tensor, Tensor], titles: Tensor, drop: float = 0.0) -> Tensor:
@@ -167,6 +134,21 @@ def title_context(model: RNNLM, table: tuple[Tensor, Tensor], titles: Tensor, dr
         keep = torch.rand(titles.shape[0], 1, 1) >= drop  # drop whole rows: the model learns "no topic"
         vectors = vectors * keep
     return vectors
+
+
+class _Step(nn.Module):
+    """What one training step runs forward: the model's window loss under the objective. Under
+    torchrun it is this module that DistributedDataParallel wraps (its parameters are the model's)."""
+
+    def __init__(self, model: RNNLM, objective: Objective, table: tuple[Tensor, Tensor], context_dropout: float):
+        super().__init__()
+        self.model = model
+        self.objective, self.table, self.context_dropout = objective, table, context_dropout
+
+    def forward(self, inputs: Tensor, state: State, targets: Tensor, titles: Tensor) -> tuple[Tensor, State]:
+        model = self.model
+        context = title_context(model, self.table, titles, self.context_dropout) if model.config.context else None
+        return self.objective.step(model, inputs, state, context, targets, titles)
 
 
 def _atomic_torch_save(obj: dict, path: Path) -> None:
@@ -189,162 +171,222 @@ def _make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer):
     return None
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
-          on_epoch: Callable[[EpochReport], None] | None = None,
-          should_stop: Callable[[], bool] | None = None, progress: bool = True,
-          objective: Objective | None = None, vocab: Vocab | None = None,
-          provenance: dict | None = None) -> TrainResult:
-    """Train a model from `cfg`. `objective` replaces the cross-entropy (distillation uses it);
-    `vocab` fixes the vocabulary instead of building it from the training file."""
-    out = Path(cfg.out)
-    run_dir = cfg.resolved_run_dir()
-    state_path = run_dir / "state.pt"
-    if resume and not state_path.exists():
-        resume = False  # nothing to resume: start fresh (the worker always asks to resume)
-    if out.exists() and not (resume or overwrite):
-        raise CheckpointError(f"{out} already exists; pass --overwrite to replace it or --resume to continue")
-    objective = objective or CrossEntropy()
-    base = load_model(cfg.init) if cfg.init else None
-    if base is not None:
-        if vocab is not None and vocab.itos != base.tokenizer.vocab.itos:
-            raise CheckpointError(f"{cfg.init} has a different vocabulary from the one this run must use")
-        vocab = base.tokenizer.vocab
-        cfg = cfg.adopt(base.config, base.tokenizer.style)
-        provenance = {**(provenance or {}), "init": _init_record(base)}
-    corpus = load_corpus(cfg.data, vocab=vocab, max_vocab=cfg.max_vocab, titles=cfg.context or objective.titles,
-                         train_tokens=cfg.train_tokens, valid_tokens=cfg.valid_tokens)
-    tokenizer = Tokenizer(corpus.vocab, cfg.style)
-    world = World.from_env()
-    torch.manual_seed(cfg.seed)
-    if base is None:
-        model = RNNLM(cfg.model_config(len(corpus.vocab)))  # the same initial weights on every rank
-    else:
-        # the boost is refitted for the new weights in `finalize`
-        model = RNNLM(replace(base.config, dropout=cfg.dropout, context_dropout=cfg.context_dropout,
-                              context_boost=[]))
-        model.load_state_dict({k: v.float() for k, v in base.model.state_dict().items()})
-    opt = _make_optimizer(cfg, model)
-    sched = _make_scheduler(cfg, opt)
-    batches = Batches(corpus.train, cfg.batch_size, cfg.bptt, world)
-    progress = progress and world.main
+class Trainer:
+    """One training run: set up (or restore) the model, optimiser and schedule, then epoch by epoch
+    train, validate, keep the best weights and save the run state; `fit` runs it to the end."""
 
-    start_epoch, best, bad_epochs, history, best_state, seconds = 1, math.inf, 0, [], None, 0.0
-    averaged: AveragedModel | None = None
-    if resume:
-        saved = torch.load(state_path, weights_only=True)
+    def __init__(self, cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
+                 on_epoch: Callable[[EpochReport], None] | None = None,
+                 on_step: Callable[[StepReport], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None, progress: bool = True,
+                 objective: Objective | None = None, vocab: Vocab | None = None,
+                 provenance: dict | None = None, report_every_s: float = REPORT_EVERY_S) -> None:
+        self.out = Path(cfg.out)
+        self.run_dir = cfg.resolved_run_dir()
+        self.state_path = self.run_dir / "state.pt"
+        self.resume = resume and self.state_path.exists()  # nothing to resume: start fresh (the worker always asks)
+        if self.out.exists() and not (self.resume or overwrite):
+            raise CheckpointError(f"{self.out} already exists; pass --overwrite to replace it or --resume to continue")
+        self.on_epoch, self.on_step, self.should_stop = on_epoch, on_step, should_stop
+        self.report_every_s = report_every_s
+        self.objective = objective or CrossEntropy()
+        self.provenance = dict(provenance or {})
+        base = load_model(cfg.init) if cfg.init else None
+        if base is not None:
+            if vocab is not None and vocab.itos != base.tokenizer.vocab.itos:
+                raise CheckpointError(f"{cfg.init} has a different vocabulary from the one this run must use")
+            vocab = base.tokenizer.vocab
+            cfg = cfg.adopt(base.config, base.tokenizer.style)
+            self.provenance["init"] = _init_record(base)
+        self.cfg = cfg
+        self.corpus = load_corpus(cfg.data, vocab=vocab, max_vocab=cfg.max_vocab,
+                                  titles=cfg.context or self.objective.titles,
+                                  train_tokens=cfg.train_tokens, valid_tokens=cfg.valid_tokens)
+        self.tokenizer = Tokenizer(self.corpus.vocab, cfg.style)
+        self.world = World.from_env()
+        torch.manual_seed(cfg.seed)
+        if base is None:
+            self.model = RNNLM(cfg.model_config(len(self.corpus.vocab)))  # the same initial weights on every rank
+        else:
+            # the boost is refitted for the new weights in `fit_boost`
+            self.model = RNNLM(replace(base.config, dropout=cfg.dropout, context_dropout=cfg.context_dropout,
+                                       context_boost=[]))
+            self.model.load_state_dict({k: v.float() for k, v in base.model.state_dict().items()})
+        self.opt = _make_optimizer(cfg, self.model)
+        self.sched = _make_scheduler(cfg, self.opt)
+        self.batches = Batches(self.corpus.train, cfg.batch_size, cfg.bptt, self.world)
+        self.progress = progress and self.world.main
+        self.start_epoch, self.best, self.bad_epochs, self.seconds = 1, math.inf, 0, 0.0
+        self.history: list[dict] = []
+        self.best_state: dict | None = None
+        self.averaged: AveragedModel | None = None
+        if self.resume:
+            self.restore()
+        if self.world.size > 1:
+            torch.manual_seed(cfg.seed + 1000 * self.start_epoch + self.world.rank)  # different dropout per rank
+        step = _Step(self.model, self.objective, self.batches.table, cfg.context_dropout if cfg.context else 0.0)
+        # an adaptive tail with no target in a window gets no gradient: DDP must look for unused parameters
+        self.step_fn = self.world.wrap(step, find_unused_parameters=self.model.config.adaptive)
+        self.step = sum(h["steps"] for h in self.history)
+        self.stopped_early = self.bad_epochs >= cfg.patience
+
+    # ---- run state ----------------------------------------------------------------------------
+    def restore(self) -> None:
+        """Continue from the run state of the last finished epoch."""
+        saved = torch.load(self.state_path, weights_only=True)
         # through ModelConfig, so a field added since (at its default) does not break a resume
-        if ModelConfig.from_dict(saved["model_config"]) != model.config:
-            raise CheckpointError(f"run state in {run_dir} was made with a different model configuration")
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
-        if sched is not None and saved.get("scheduler"):
-            sched.load_state_dict(saved["scheduler"])
+        if ModelConfig.from_dict(saved["model_config"]) != self.model.config:
+            raise CheckpointError(f"run state in {self.run_dir} was made with a different model configuration")
+        self.model.load_state_dict(saved["model"])
+        self.opt.load_state_dict(saved["optimizer"])
+        if self.sched is not None and saved.get("scheduler"):
+            self.sched.load_state_dict(saved["scheduler"])
         torch.set_rng_state(saved["rng"])
-        start_epoch, best, bad_epochs = saved["epoch"] + 1, saved["best"], saved["bad_epochs"]
-        history, seconds = saved["history"], saved["seconds"]
+        self.start_epoch, self.best, self.bad_epochs = saved["epoch"] + 1, saved["best"], saved["bad_epochs"]
+        self.history, self.seconds = saved["history"], saved["seconds"]
         if saved.get("init") is not None:  # the start as it was: the --init folder may have changed since
-            provenance = {**(provenance or {}), "init": saved["init"]}
-        best_state = saved.get("best_model")
+            self.provenance["init"] = saved["init"]
+        self.best_state = saved.get("best_model")
         if saved.get("averaged") is not None:
-            averaged = AveragedModel(model)
-            averaged.load_state_dict(saved["averaged"])
-    if world.size > 1:
-        torch.manual_seed(cfg.seed + 1000 * start_epoch + world.rank)  # different dropout masks per rank
-    run_dir.mkdir(parents=True, exist_ok=True)
+            self.averaged = AveragedModel(self.model)
+            self.averaged.load_state_dict(saved["averaged"])
 
-    step = sum(h["steps"] for h in history)
-    epoch = start_epoch - 1
-    stopped_early = bad_epochs >= cfg.patience
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        if stopped_early:
-            break
-        t0 = time.perf_counter()
+    def save_state(self, epoch: int) -> None:
+        _atomic_torch_save({
+            "epoch": epoch, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict() if self.sched is not None else None, "rng": torch.get_rng_state(),
+            "best": self.best, "bad_epochs": self.bad_epochs, "history": self.history, "seconds": self.seconds,
+            "best_model": self.best_state, "model_config": self.model.config.to_dict(),
+            "averaged": self.averaged.state_dict() if self.averaged is not None else None,
+            "init": self.provenance.get("init"),
+        }, self.state_path)
+
+    # ---- epochs -------------------------------------------------------------------------------
+    @property
+    def lr(self) -> float:
+        return self.opt.param_groups[0]["lr"]
+
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.epochs * len(self.batches)
+
+    def run_epoch(self, epoch: int) -> tuple[float, int, float]:
+        """Train one epoch; returns (mean loss, steps, seconds)."""
+        cfg, model, batches = self.cfg, self.model, self.batches
+        t0 = last_report = time.perf_counter()
         model.train()
-        if averaged is None and cfg.average_from is not None and epoch >= cfg.average_from:
-            averaged = AveragedModel(model)
+        if self.averaged is None and cfg.average_from is not None and epoch >= cfg.average_from:
+            self.averaged = AveragedModel(model)
         state = model.init_state(cfg.batch_size)
-        objective.start_epoch(batches)
-        total_loss, n_steps = 0.0, 0
+        self.objective.start_epoch(batches)
+        total_loss, n_steps, tokens, epoch_steps = 0.0, 0, 0, len(batches)
         bar = tqdm(total=batches.tokens, unit="tok", unit_scale=True, desc=f"epoch {epoch}/{cfg.epochs}",
-                   disable=not progress, mininterval=1.0, leave=False)
+                   disable=not self.progress, mininterval=1.0, leave=False)
         for inputs, targets, titles in batches:
-            if should_stop is not None and should_stop():
+            if self.should_stop is not None and self.should_stop():
                 bar.close()
                 raise TrainingCancelled(f"stopped during epoch {epoch}")
-            state = detach_state(state)
-            context = title_context(model, batches.table, titles, cfg.context_dropout) if cfg.context else None
-            feats, state = model.features(inputs, state, context)
-            loss = objective(model, feats, inputs, targets, titles)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            world.average_gradients(model.parameters())
+            loss, state = self.step_fn(inputs, detach_state(state), targets, titles)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()  # DDP averages the gradients over the ranks here
             if cfg.clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            opt.step()
-            if averaged is not None:
-                averaged.update_parameters(model)
+            self.opt.step()
+            if self.averaged is not None:
+                self.averaged.update_parameters(model)
             total_loss += loss.item()
             n_steps += 1
-            step += 1
+            self.step += 1
+            tokens += inputs.numel()
             bar.update(inputs.numel())
             if n_steps % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}", ppl=f"{math.exp(min(loss.item(), 50)):.1f}")
+            now = time.perf_counter()
+            if self.on_step is not None and (n_steps == 1 or now - last_report >= self.report_every_s):
+                last_report = now
+                tokens_per_s = self.world.size * tokens / max(now - t0, 1e-9)
+                steps_left = (epoch_steps - n_steps) + (cfg.epochs - epoch) * epoch_steps
+                self.on_step(StepReport(epoch, cfg.epochs, self.step, self.total_steps, n_steps, epoch_steps,
+                                        total_loss / n_steps, tokens_per_s, steps_left * (now - t0) / n_steps,
+                                        self.lr, self.start_epoch))
         bar.close()
-        train_seconds = time.perf_counter() - t0
-        valid_ppl = None
-        current = averaged.module if averaged is not None else model
-        if corpus.valid is not None:
-            valid_ppl = evaluate_stream(current, corpus.valid, use_context=cfg.context).perplexity
-        metric = valid_ppl if valid_ppl is not None else math.exp(total_loss / max(n_steps, 1))
-        improved = metric < best
-        if improved:
-            best, bad_epochs = metric, 0
-            best_state = copy.deepcopy(current.state_dict())
-        else:
-            bad_epochs += 1
-        if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            sched.step(metric)
-        elif sched is not None:
-            sched.step()
-        seconds += time.perf_counter() - t0
-        history.append({"epoch": epoch, "steps": n_steps, "train_loss": total_loss / max(n_steps, 1),
-                        "valid_ppl": valid_ppl, "seconds": round(time.perf_counter() - t0, 2),
-                        "lr": opt.param_groups[0]["lr"]})
-        stopped_early = bad_epochs >= cfg.patience
-        if improved and world.main:
-            _write_model(model, best_state, tokenizer, out, cfg, corpus, history, seconds, provenance)
-        if world.main:
-            _atomic_torch_save({
-                "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict() if sched is not None else None, "rng": torch.get_rng_state(),
-                "best": best, "bad_epochs": bad_epochs, "history": history, "seconds": seconds,
-                "best_model": best_state, "model_config": model.config.to_dict(),
-                "averaged": averaged.state_dict() if averaged is not None else None,
-                "init": (provenance or {}).get("init"),
-            }, state_path)
-        world.barrier()
-        tokens_per_s = world.size * batches.tokens / max(train_seconds, 1e-9)
-        remaining = 0 if stopped_early else cfg.epochs - epoch
-        if progress:
-            vp = f"{valid_ppl:.2f}" if valid_ppl is not None else "n/a"
-            tqdm.write(f"epoch {epoch}/{cfg.epochs}: train loss {total_loss / max(n_steps, 1):.3f}, "
-                       f"valid ppl {vp}, {tokens_per_s:,.0f} tok/s, lr {opt.param_groups[0]['lr']:.2g}"
-                       + (" (best)" if improved else ""))
-        if on_epoch is not None:
-            on_epoch(EpochReport(epoch, cfg.epochs, step, total_loss / max(n_steps, 1), valid_ppl,
-                                 best if math.isfinite(best) else None, tokens_per_s,
-                                 remaining * (time.perf_counter() - t0), opt.param_groups[0]["lr"], improved))
+        return total_loss / max(n_steps, 1), n_steps, time.perf_counter() - t0
 
-    if best_state is None:
-        raise DataError("training produced no model (no epoch finished)")
-    if not world.main:
-        world.barrier()  # rank 0 finalises the model folder
-        return TrainResult(out, epoch, seconds, best, None, model.num_parameters(), history)
-    test_ppl = finalize(out, corpus)
-    world.barrier()
-    meta = read_config(out)
-    return TrainResult(out, epoch, seconds, meta["metrics"].get("valid_ppl"), test_ppl,
-                       meta["parameters"], history)
+    def end_epoch(self, epoch: int, train_loss: float, n_steps: int, t0: float) -> tuple[float | None, bool]:
+        """Validate, keep the best weights, step the schedule, record history; (valid ppl, improved)."""
+        valid_ppl = None
+        current = self.averaged.module if self.averaged is not None else self.model
+        if self.corpus.valid is not None:
+            valid_ppl = evaluate_stream(current, self.corpus.valid, use_context=self.cfg.context).perplexity
+        metric = valid_ppl if valid_ppl is not None else math.exp(train_loss)
+        improved = metric < self.best
+        if improved:
+            self.best, self.bad_epochs = metric, 0
+            self.best_state = copy.deepcopy(current.state_dict())
+        else:
+            self.bad_epochs += 1
+        if isinstance(self.sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.sched.step(metric)
+        elif self.sched is not None:
+            self.sched.step()
+        self.seconds += time.perf_counter() - t0
+        self.history.append({"epoch": epoch, "steps": n_steps, "train_loss": train_loss, "valid_ppl": valid_ppl,
+                             "seconds": round(time.perf_counter() - t0, 2), "lr": self.lr})
+        self.stopped_early = self.bad_epochs >= self.cfg.patience
+        return valid_ppl, improved
+
+    def fit(self) -> TrainResult:
+        """Train from the start (or the restored epoch) to the last epoch or early stop, then finalise."""
+        cfg, world = self.cfg, self.world
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        epoch = self.start_epoch - 1
+        for epoch in range(self.start_epoch, cfg.epochs + 1):
+            if self.stopped_early:
+                epoch -= 1
+                break
+            t0 = time.perf_counter()
+            train_loss, n_steps, train_seconds = self.run_epoch(epoch)
+            valid_ppl, improved = self.end_epoch(epoch, train_loss, n_steps, t0)
+            if world.main:
+                if improved:
+                    _write_model(self.model, self.best_state, self.tokenizer, self.out, cfg, self.corpus,
+                                 self.history, self.seconds, self.provenance)
+                self.save_state(epoch)
+            world.barrier()
+            self._report_epoch(epoch, train_loss, valid_ppl, improved, train_seconds, time.perf_counter() - t0)
+        if self.best_state is None:
+            raise DataError("training produced no model (no epoch finished)")
+        if not world.main:
+            world.barrier()  # rank 0 finalises the model folder
+            return TrainResult(self.out, epoch, self.seconds, self.best, None, self.model.num_parameters(),
+                               self.history)
+        loaded = load_model(self.out)
+        fit_boost(loaded, self.corpus)
+        test_ppl = finalize(self.out, self.corpus, loaded)
+        world.barrier()
+        meta = read_config(self.out)
+        return TrainResult(self.out, epoch, self.seconds, meta["metrics"].get("valid_ppl"), test_ppl,
+                           meta["parameters"], self.history)
+
+    def _report_epoch(self, epoch: int, train_loss: float, valid_ppl: float | None, improved: bool,
+                      train_seconds: float, epoch_seconds: float) -> None:
+        tokens_per_s = self.world.size * self.batches.tokens / max(train_seconds, 1e-9)
+        remaining = 0 if self.stopped_early else self.cfg.epochs - epoch
+        if self.progress:
+            vp = f"{valid_ppl:.2f}" if valid_ppl is not None else "n/a"
+            tqdm.write(f"epoch {epoch}/{self.cfg.epochs}: train loss {train_loss:.3f}, valid ppl {vp}, "
+                       f"{tokens_per_s:,.0f} tok/s, lr {self.lr:.2g}" + (" (best)" if improved else ""))
+        if self.on_epoch is not None:
+            self.on_epoch(EpochReport(epoch, self.cfg.epochs, self.step, train_loss, valid_ppl,
+                                      self.best if math.isfinite(self.best) else None, tokens_per_s,
+                                      remaining * epoch_seconds, self.lr, improved, self.total_steps,
+                                      self.start_epoch, list(self.history)))
+
+
+def train(cfg: TrainConfig, **kwargs) -> TrainResult:
+    """Train a model from `cfg` (see `Trainer` for the keyword arguments). `objective` replaces the
+    cross-entropy (distillation uses it); `vocab` fixes the vocabulary instead of building it."""
+    return Trainer(cfg, **kwargs).fit()
 
 
 def _init_record(base) -> dict:
@@ -377,20 +419,22 @@ def _write_model(model: RNNLM, best_state: dict, tokenizer: Tokenizer, out: Path
     save_model(snapshot, tokenizer, out, meta, dtype=getattr(torch, cfg.save_dtype))
 
 
-def finalize(out: Path, corpus: Corpus, loaded: LoadedModel | None = None) -> float | None:
-    """Re-measure the written model (as stored, e.g. fp16) on valid/test and record it in config.json.
+def fit_boost(loaded: LoadedModel, corpus: Corpus) -> list[float]:
+    """Fit a context model's title-word boost on the validation split (a few numbers, see
+    `fit_context_boost`), in `loaded`'s config; `finalize` then measures and stores it."""
+    if loaded.config.context and corpus.valid is not None:
+        loaded.config.context_boost = fit_context_boost(loaded.model, corpus.valid)
+    return loaded.config.context_boost
 
-    A context model first gets its title-word boost fitted on the validation split (a few numbers,
-    see `fit_context_boost`), so its valid figure is measured on the text the boost was fitted to.
-    `loaded` is the model as loaded from `out`, when the caller has it already.
-    """
+
+def finalize(out: Path, corpus: Corpus, loaded: LoadedModel | None = None) -> float | None:
+    """Re-measure the model (as stored, e.g. fp16, with the boost it has) on valid/test and write it
+    with these figures to `out`. `loaded` is the model as loaded from `out`, when the caller has it."""
     loaded = loaded or load_model(out)
     meta = loaded.meta
     metrics = meta.setdefault("metrics", {})
     metrics.pop("fingerprint", None)  # recorded for the model as it was; re-record with `rnnlm eval --record`
     use_ctx = loaded.config.context
-    if use_ctx and corpus.valid is not None:
-        loaded.config.context_boost = fit_context_boost(loaded.model, corpus.valid)
     if corpus.valid is not None:
         metrics["valid_ppl"] = round(evaluate_stream(loaded.model, corpus.valid, use_context=use_ctx).perplexity, 4)
     test_ppl = None

@@ -5,13 +5,17 @@ how long, the largest k / max_tokens / n) are checked by `service.serving.common
 """
 from __future__ import annotations
 
+from dataclasses import fields as dataclass_fields
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator,
                       model_validator)
 
 from models.checkpoint import valid_name
+from models.config import (STUDENT_SIZE, Arch, DistillConfig, Optimizer, SaveDtype, Schedule, SettingError, Style,
+                           TrainConfig, check_setting, defaults)
 
 MAX_STOP = 4
 MAX_SEED = 2**63 - 1
@@ -244,13 +248,18 @@ class StreamChunk(BaseModel):
 
 
 # ---- training jobs ----------------------------------------------------------------------------
+# A job's settings are models.config's TrainConfig / DistillConfig: their choices and defaults are
+# read from there and their values checked there (`check_setting`); the bounds below are only this
+# API's caps on what one job may ask of the worker.
 JobType = Literal["train", "distill"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 MAX_SIZE = 4096
-# CLI defaults (`rnnlm train` / `rnnlm distill`) for the sizes a job leaves out
-JOB_SIZE_DEFAULTS = {"train": {"emb": 256, "hidden": 256, "layers": 2},
-                     "distill": {"emb": 128, "hidden": 256, "layers": 1}}
-DISTILL_DEFAULTS = {"temperature": 2.0, "alpha": 0.5, "kd_fraction": 1.0}
+MAX_EPOCHS = 1000
+_TRAIN, _DISTILL = defaults(TrainConfig), defaults(DistillConfig)
+_SIZE = {"train": {k: _TRAIN[k] for k in STUDENT_SIZE}, "distill": STUDENT_SIZE}
+# TrainConfig fields a job does not set: the worker chooses where the run writes; `init` and `teacher`
+# name models in the checkpoint dir and the worker resolves them to folders
+_WORKER_SET = {"data", "out", "run_dir", "init"}
 
 
 def _model_name(value: str) -> str:
@@ -269,42 +278,66 @@ class JobRequest(Request):
                                   examples=["my-lstm"])
     data: Text = Field(max_length=4096, description="corpus folder with train.txt (valid.txt, test.txt), "
                                                     "under one of the data roots")
-    arch: Literal["lstm", "gru", "rnn"] = "lstm"
-    emb: int | None = Field(None, ge=1, le=MAX_SIZE, description="embedding size (default 256; distill 128)")
-    hidden: int | None = Field(None, ge=1, le=MAX_SIZE, description="hidden size (default 256)")
-    layers: int | None = Field(None, ge=1, le=8, description="recurrent layers (default 2; distill 1)")
-    epochs: int = Field(10, ge=1, le=1000)
-    dropout: float = Field(0.3, ge=0, lt=1)
-    batch_size: int = Field(64, ge=1, le=MAX_SIZE)
-    bptt: int = Field(35, ge=2, le=MAX_SIZE, description="truncated-BPTT window (tokens)")
-    lr: float = Field(2e-3, gt=0, lt=100)
-    optimizer: Literal["adam", "sgd"] = "adam"
-    schedule: Literal["plateau", "cosine", "none"] = Field("plateau", description="learning-rate schedule")
-    average_from: int | None = Field(None, ge=1, le=1000, description="from this epoch on, validate and save "
-                                     "the average of the weights over every step (averaged SGD)")
-    clip: float = Field(0.25, ge=0, le=1000, description="gradient-norm clipping; 0 = off")
-    patience: int = Field(3, ge=1, le=1000, description="early stopping: epochs without improvement")
-    tie: bool = Field(False, description="tie input and output embeddings (full softmax)")
-    adaptive: bool = Field(True, description="adaptive softmax output")
-    context: bool = Field(False, description="condition on article titles (WikiText)")
-    max_vocab: int | None = Field(None, ge=2, le=10_000_000, description="train jobs only: vocabulary size cap")
-    train_tokens: int | None = Field(None, ge=1, description="use only the first N training tokens")
-    valid_tokens: int | None = Field(None, ge=1, description="use only the first N valid/test tokens")
-    seed: int = Field(1234, ge=0, le=MAX_SEED)
-    save_dtype: Literal["float32", "float16"] = "float32"
+    arch: Arch = _TRAIN["arch"]
+    emb: int | None = Field(None, le=MAX_SIZE, description=f"embedding size (default {_SIZE['train']['emb']}; "
+                                                           f"distill {_SIZE['distill']['emb']})")
+    hidden: int | None = Field(None, le=MAX_SIZE, description=f"hidden size (default {_SIZE['train']['hidden']}; "
+                                                              f"distill {_SIZE['distill']['hidden']})")
+    layers: int | None = Field(None, le=8, description=f"recurrent layers (default {_SIZE['train']['layers']}; "
+                                                       f"distill {_SIZE['distill']['layers']})")
+    epochs: int = Field(_TRAIN["epochs"], le=MAX_EPOCHS)
+    dropout: float = _TRAIN["dropout"]
+    batch_size: int = Field(_TRAIN["batch_size"], le=MAX_SIZE)
+    bptt: int = Field(_TRAIN["bptt"], le=MAX_SIZE, description="truncated-BPTT window (tokens)")
+    lr: float = _TRAIN["lr"]
+    optimizer: Optimizer = _TRAIN["optimizer"]
+    weight_decay: float = Field(_TRAIN["weight_decay"], le=1000)
+    schedule: Schedule = Field(_TRAIN["schedule"], description="learning-rate schedule")
+    average_from: int | None = Field(_TRAIN["average_from"], le=MAX_EPOCHS, description="from this epoch on, "
+                                     "validate and save the average of the weights over every step (averaged SGD)")
+    clip: float = Field(_TRAIN["clip"], le=1000, description="gradient-norm clipping; 0 = off")
+    patience: int = Field(_TRAIN["patience"], le=MAX_EPOCHS, description="early stopping: epochs without improvement")
+    tie: bool = Field(_TRAIN["tie"], description="tie input and output embeddings (full softmax)")
+    adaptive: bool = Field(_TRAIN["adaptive"], description="adaptive softmax output")
+    cutoffs: list[int] = Field(default_factory=lambda: list(_TRAIN["cutoffs"]), max_length=8,
+                               description="adaptive softmax cluster cutoffs (word ranks)")
+    context: bool = Field(_TRAIN["context"], description="condition on article titles (WikiText)")
+    context_dropout: float = Field(_TRAIN["context_dropout"], description="share of rows trained without a topic")
+    max_vocab: int | None = Field(_TRAIN["max_vocab"], le=10_000_000,
+                                  description="train jobs only: vocabulary size cap")
+    style: Style = Field(_TRAIN["style"], description="how raw text is normalised "
+                                                  "when the model is served")
+    train_tokens: int | None = Field(_TRAIN["train_tokens"], description="use only the first N training tokens")
+    valid_tokens: int | None = Field(_TRAIN["valid_tokens"], description="use only the first N valid/test tokens")
+    seed: int = _TRAIN["seed"]
+    save_dtype: SaveDtype = _TRAIN["save_dtype"]
+    init: ModelFolderName | None = Field(None, description="start from this served model's weights, architecture "
+                                         "and vocabulary (a new run; the size fields are ignored)")
     overwrite: bool = Field(False, description="replace an existing model of this name when the job succeeds")
     teacher: ModelFolderName | None = Field(None, validate_default=True,
                                             description="distill jobs: the teacher model's name")
-    temperature: float | None = Field(None, gt=0, le=100, validate_default=True, description="distill jobs")
-    alpha: float | None = Field(None, ge=0, le=1, validate_default=True,
-                                description="distill jobs: weight of the soft-label term")
-    kd_fraction: float | None = Field(None, gt=0, le=1, validate_default=True, description="distill jobs")
+    temperature: float | None = Field(None, le=100, validate_default=True, description="distill jobs")
+    alpha: float | None = Field(None, validate_default=True, description="distill jobs: weight of the soft-label term")
+    kd_fraction: float | None = Field(None, validate_default=True, description="distill jobs")
 
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"type": "train", "name": "my-gru", "data": "/data/my-corpus", "arch": "gru", "emb": 200, "hidden": 256,
          "layers": 2, "epochs": 5},
         {"type": "distill", "name": "my-student", "data": "/data/wikitext-2", "teacher": "lstm", "emb": 96,
          "hidden": 192, "layers": 1, "epochs": 3, "temperature": 2.0, "alpha": 0.5}]})
+
+    @field_validator(*(f.name for f in dataclass_fields(TrainConfig) if f.name not in _WORKER_SET),
+                     *(f.name for f in dataclass_fields(DistillConfig)))
+    @classmethod
+    def _setting(cls, value: Any, info: ValidationInfo) -> Any:
+        """The value rules of TrainConfig / DistillConfig, reported on the field."""
+        if value is None:
+            return value
+        owner = DistillConfig if info.field_name in _DISTILL else TrainConfig
+        try:
+            return check_setting(owner, info.field_name, value)
+        except SettingError as exc:
+            raise ValueError(exc.reason) from None
 
     @field_validator("max_vocab")
     @classmethod
@@ -322,15 +355,32 @@ class JobRequest(Request):
         if kind == "distill" and value is None:
             if info.field_name == "teacher":
                 raise ValueError("a distill job needs a teacher model")
-            value = DISTILL_DEFAULTS[info.field_name]
+            value = _DISTILL[info.field_name]
         return value
 
     @model_validator(mode="after")
     def _size_defaults(self) -> JobRequest:
-        for key, default in JOB_SIZE_DEFAULTS[self.type].items():
+        for key, default in _SIZE[self.type].items():
             if getattr(self, key) is None:
                 setattr(self, key, default)
         return self
+
+    def to_train_config(self, out: str | Path, run_dir: str | Path, checkpoints: str | Path) -> TrainConfig:
+        """The trainer's settings for this job, writing to `out` with its run state in `run_dir`;
+        `init` is looked up in `checkpoints`."""
+        return TrainConfig(
+            data=self.data, out=str(out), run_dir=str(run_dir),
+            init=str(Path(checkpoints) / self.init) if self.init else None,
+            arch=self.arch, emb=self.emb, hidden=self.hidden, layers=self.layers, dropout=self.dropout,
+            tie=self.tie, adaptive=self.adaptive, cutoffs=list(self.cutoffs), context=self.context,
+            context_dropout=self.context_dropout, epochs=self.epochs, batch_size=self.batch_size, bptt=self.bptt,
+            lr=self.lr, optimizer=self.optimizer, weight_decay=self.weight_decay, clip=self.clip,
+            schedule=self.schedule, patience=self.patience, seed=self.seed, max_vocab=self.max_vocab,
+            style=self.style, train_tokens=self.train_tokens, valid_tokens=self.valid_tokens,
+            save_dtype=self.save_dtype, average_from=self.average_from)
+
+    def to_distill_config(self) -> DistillConfig:
+        return DistillConfig(temperature=self.temperature, alpha=self.alpha, kd_fraction=self.kd_fraction)
 
 
 class JobCreated(BaseModel):
@@ -338,16 +388,27 @@ class JobCreated(BaseModel):
     status: JobStatus
 
 
+class EpochRecord(BaseModel):
+    epoch: int
+    train_loss: float | None = Field(None, description="mean training loss (nats per token)")
+    valid_ppl: float | None = Field(None, description="validation perplexity after the epoch")
+
+
 class JobProgress(BaseModel):
-    epoch: int | None = Field(None, description="last finished epoch")
+    epoch: int | None = Field(None, description="last finished epoch (0: none yet)")
     epochs: int | None = None
-    step: int | None = Field(None, description="optimiser steps so far")
-    loss: float | None = Field(None, description="mean training loss of the last epoch (nats per token)")
-    valid_ppl: float | None = Field(None, description="validation perplexity after the last epoch")
+    step: int | None = Field(None, description="optimiser steps of the run so far")
+    total_steps: int | None = Field(None, description="steps of the whole run (epochs x steps per epoch)")
+    epoch_step: int | None = Field(None, description="steps into the epoch in progress")
+    epoch_steps: int | None = Field(None, description="steps per epoch")
+    loss: float | None = Field(None, description="running mean training loss of the epoch in progress, or of the "
+                                                 "last epoch once it ends (nats per token)")
+    valid_ppl: float | None = Field(None, description="validation perplexity after the last finished epoch")
     best_valid_ppl: float | None = None
-    tokens_per_s: float | None = Field(None, description="training throughput of the last epoch")
-    eta_s: float | None = Field(None, description="estimated seconds to the last epoch")
+    tokens_per_s: float | None = Field(None, description="training throughput of the current or last epoch")
+    eta_s: float | None = Field(None, description="estimated seconds to the end of the last epoch")
     lr: float | None = None
+    history: list[EpochRecord] = Field(default_factory=list, description="one entry per finished epoch")
     resumed_from_epoch: int | None = Field(None, description="epoch this attempt resumed after (0: from scratch)")
     attempt: int | None = None
 

@@ -8,7 +8,6 @@ finished epoch when a worker claims it again.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -22,12 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Gauge, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from models.checkpoint import copy_model
 from models.errors import CheckpointError, RNNLMError, TrainingCancelled
-from models.train import EpochReport, TrainConfig, TrainResult
-from service.jobs import Job, JobStore
-from service.metrics import JobCounts
+from models.train import EpochReport, StepReport, TrainResult
+from service.jobs import STATUSES, Job, JobStore
+from service.schemas import JobRequest
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,18 +46,26 @@ TRAINING_VALID_PERPLEXITY = Gauge("rnnlm_training_valid_perplexity", "Validation
                                   ["type"])
 
 
-def train_config(params: dict[str, Any], out: Path, run_dir: Path) -> TrainConfig:
-    """A TrainConfig from a job's parameters (the CLI flag names); unknown keys are ignored."""
-    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"out", "run_dir"}
-    kwargs = {k: v for k, v in params.items() if k in names and v is not None}
-    if kwargs.get("tie"):
-        kwargs["adaptive"] = False  # as on the command line: tied embeddings need the full softmax
-    return TrainConfig(out=str(out), run_dir=str(run_dir), **kwargs)
+class JobCounts(Collector):
+    """`rnnlm_jobs{status}`: read from the database at scrape time, so every process agrees."""
 
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
 
-def publish_model(src: Path, dst: Path) -> None:
-    """Copy a finished model folder into the checkpoint dir atomically (the registry never sees half)."""
-    copy_model(src, dst)
+    def describe(self):
+        return [GaugeMetricFamily("rnnlm_jobs", "Jobs in the job store by status", labels=["status"])]
+
+    def collect(self):
+        family = GaugeMetricFamily("rnnlm_jobs", "Jobs in the job store by status", labels=["status"])
+        counts = dict.fromkeys(STATUSES, 0)
+        if self.store.exists():  # never create the database just to report that it is empty
+            try:
+                counts = self.store.counts()
+            except Exception as exc:  # a scrape must not fail because the database is busy or broken
+                log.warning("cannot count jobs in %s: %s", self.store.path, exc)
+        for status, n in counts.items():
+            family.add_metric([status], n)
+        yield family
 
 
 def one_line(exc: BaseException) -> str:
@@ -76,9 +85,9 @@ class JobRun:
         self.worker, self.job, self.store = worker, job, worker.store
         self.lost = threading.Event()       # the job was taken over by another worker
         self.cancelled = False              # the user asked to cancel
-        self.first_epoch: int | None = None  # first epoch finished in this attempt (> 1: resumed)
-        self.progress: dict[str, Any] = {}  # as of the last epoch finished in this attempt
-        self.steps_since_epoch = 0
+        # the job's progress (see JobProgress); a resumed job starts from what its last attempt recorded
+        self.progress: dict[str, Any] = dict(job.progress or {})
+        self._reported = False
         self._last_check = 0.0
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"rnnlm-heartbeat-{job.id[:8]}", daemon=True)
@@ -109,30 +118,36 @@ class JobRun:
 
     def should_stop(self) -> bool:
         """Called by the trainer before every step: cheap, touches the database at most once a second."""
-        self.steps_since_epoch += 1
         now = time.monotonic()
         if now - self._last_check >= CANCEL_CHECK_S:
             self._last_check = now
             self.worker.check_parent()
-            self._heartbeat(self._live_progress())
+            self._heartbeat(self.progress or None)
         return self.cancelled or self.lost.is_set() or self.worker.stopping
 
-    def _live_progress(self) -> dict[str, Any] | None:
-        """Progress with the current step, when the step count at the last epoch is known."""
-        if self.first_epoch is None and (self.job.progress or {}).get("epoch"):
-            return None  # resumed, no epoch finished yet: the stored progress is the best we know
-        return {**self.progress, "step": self.progress.get("step", 0) + self.steps_since_epoch - 1}
+    def on_step(self, report: StepReport) -> None:
+        """Progress within an epoch; stored with the next heartbeat (the first one at once)."""
+        self.progress.update({
+            "epoch": report.epoch - 1, "epochs": report.epochs, "step": report.step,
+            "total_steps": report.total_steps, "epoch_step": report.epoch_step, "epoch_steps": report.epoch_steps,
+            "loss": _finite(report.loss), "tokens_per_s": _finite(report.tokens_per_s),
+            "eta_s": _finite(report.eta_s), "lr": report.lr,
+            "resumed_from_epoch": report.start_epoch - 1, "attempt": self.job.attempts,
+        })
+        if not self._reported:
+            self._reported = True
+            self._heartbeat(self.progress)
 
     def on_epoch(self, report: EpochReport) -> None:
-        if self.first_epoch is None:
-            self.first_epoch = report.epoch
-        self.steps_since_epoch = 0
-        self.progress = {
-            "epoch": report.epoch, "epochs": report.epochs, "step": report.step, "loss": _finite(report.loss),
+        history = [{"epoch": h["epoch"], "train_loss": _finite(h["train_loss"]), "valid_ppl": _finite(h["valid_ppl"])}
+                   for h in report.history or []]
+        self.progress.update({
+            "epoch": report.epoch, "epochs": report.epochs, "step": report.step, "total_steps": report.total_steps,
+            "epoch_step": None, "epoch_steps": None, "loss": _finite(report.loss),
             "valid_ppl": _finite(report.valid_ppl), "best_valid_ppl": _finite(report.best_valid_ppl),
             "tokens_per_s": _finite(report.tokens_per_s), "eta_s": _finite(report.eta_s), "lr": report.lr,
-            "resumed_from_epoch": self.first_epoch - 1, "attempt": self.job.attempts,
-        }
+            "history": history, "resumed_from_epoch": report.start_epoch - 1, "attempt": self.job.attempts,
+        })
         self._heartbeat(self.progress)
         kind = self.job.type
         TRAINING_EPOCH.labels(kind).set(report.epoch)
@@ -249,23 +264,22 @@ class Worker:
         return status
 
     def _execute(self, job: Job, run_dir: Path, run: JobRun) -> dict[str, Any]:
-        params = job.params
+        request = JobRequest.model_validate({**job.params, "type": job.type, "name": job.name})
         target = self.checkpoints / job.name
-        overwrite = bool(params.get("overwrite"))
+        overwrite = request.overwrite
         if target.exists() and not overwrite:
             raise CheckpointError(f"model {job.name!r} already exists in {self.checkpoints}; "
                                   "submit with overwrite=true to replace it")
-        cfg = train_config(params, out=run_dir / "out" / job.name, run_dir=run_dir / "state")
+        cfg = request.to_train_config(out=run_dir / "out" / job.name, run_dir=run_dir / "state",
+                                      checkpoints=self.checkpoints)
         # The staging folder belongs to this job alone: always resumable, always overwritable.
-        kwargs = dict(resume=True, overwrite=True, on_epoch=run.on_epoch, should_stop=run.should_stop,
-                      progress=False)
+        kwargs = dict(resume=True, overwrite=True, on_epoch=run.on_epoch, on_step=run.on_step,
+                      should_stop=run.should_stop, progress=False)
         result: TrainResult
         if job.type == "distill":
             from models.distill import distill
-            result = distill(cfg, teacher=str(self.checkpoints / params["teacher"]),
-                             temperature=params.get("temperature") or 2.0,
-                             alpha=params["alpha"] if params.get("alpha") is not None else 0.5,
-                             kd_fraction=params.get("kd_fraction") or 1.0, **kwargs)
+            result = distill(cfg, teacher=str(self.checkpoints / request.teacher),
+                             settings=request.to_distill_config(), **kwargs)
         else:
             from models.train import train
             result = train(cfg, **kwargs)
@@ -274,7 +288,7 @@ class Worker:
         if target.exists() and not overwrite:  # shipped while this job was training
             raise CheckpointError(f"model {job.name!r} appeared in {self.checkpoints} while training; "
                                   "submit with overwrite=true to replace it")
-        publish_model(result.out, target)
+        copy_model(result.out, target)  # atomically: the registry never sees half a model
         return {"model": job.name, "epochs_run": result.epochs_run, "seconds": round(result.seconds, 2),
                 "valid_ppl": _finite(result.valid_ppl), "test_ppl": _finite(result.test_ppl),
                 "parameters": result.parameters}

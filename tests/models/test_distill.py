@@ -6,7 +6,7 @@ import torch
 
 from models.checkpoint import load_model
 from models.data import load_corpus
-from models.distill import Distillation, distill, kd_loss
+from models.distill import DistillConfig, Distillation, distill, kd_loss
 from models.rnnlm import RNNLM, ModelConfig
 from models.train import Batches, TrainConfig
 
@@ -38,7 +38,7 @@ def test_alpha_zero_objective_equals_cross_entropy(tiny_model, tiny_corpus):
     corpus = load_corpus(tiny_corpus, vocab=teacher.tokenizer.vocab, train_tokens=3000)
     batches = Batches(corpus.train, 4, 10)
     student = RNNLM(ModelConfig(vocab_size=len(corpus.vocab), emb=16, hidden=16, layers=1, cutoffs=[500, 1500]))
-    objective = Distillation(teacher.model, temperature=2.0, alpha=0.0)
+    objective = Distillation(teacher.model, DistillConfig(temperature=2.0, alpha=0.0))
     objective.start_epoch(batches)
     inputs, targets, titles = next(iter(batches))
     feats, _ = student.features(inputs)
@@ -53,7 +53,7 @@ def test_student_learns_from_teacher_across_architectures(tiny_model, tiny_corpu
     torch.manual_seed(0)
     student = RNNLM(ModelConfig(arch="gru", vocab_size=len(corpus.vocab), emb=16, hidden=24, layers=1,
                                 cutoffs=[500, 1500]))
-    objective = Distillation(teacher.model, temperature=2.0, alpha=0.5)
+    objective = Distillation(teacher.model, DistillConfig(temperature=2.0, alpha=0.5))
     opt = torch.optim.Adam(student.parameters(), lr=5e-3)
     losses, kls = [], []
     for epoch in range(3):
@@ -77,7 +77,8 @@ def test_distill_writes_a_student_that_names_its_teacher(tiny_model, tiny_corpus
     cfg = TrainConfig(data=str(tiny_corpus), out=str(tmp_path / "student"), arch="gru", emb=16, hidden=24,
                       layers=1, epochs=1, batch_size=8, bptt=20, train_tokens=8000, valid_tokens=3000,
                       run_dir=str(tmp_path / "run"))
-    result = distill(cfg, teacher=str(tiny_model), temperature=2.0, alpha=0.5, kd_fraction=0.5, progress=False)
+    result = distill(cfg, teacher=str(tiny_model), settings=DistillConfig(temperature=2.0, alpha=0.5, kd_fraction=0.5),
+                     progress=False)
     meta = json.loads((result.out / "config.json").read_text())
     assert meta["provenance"]["teacher"] == "tiny"
     assert meta["provenance"]["distillation"] == {"temperature": 2.0, "alpha": 0.5, "kd_fraction": 0.5}

@@ -199,3 +199,28 @@ def test_averaging_run_resumes_to_the_same_weights(tiny_corpus, tmp_path):
     a = load_file(str(tmp_path / "a" / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_trainer_reports_progress_within_epochs(tiny_corpus, tmp_path):
+    from models.train import Trainer
+    steps, epochs = [], []
+    trainer = Trainer(small_config(tiny_corpus, tmp_path / "m", epochs=2), progress=False, report_every_s=0,
+                      on_step=steps.append, on_epoch=epochs.append)
+    result = trainer.fit()
+    per_epoch = len(trainer.batches)
+    assert len(steps) == 2 * per_epoch  # report_every_s=0: every step
+    assert [s.step for s in steps] == list(range(1, 2 * per_epoch + 1))
+    assert {s.total_steps for s in steps} == {2 * per_epoch} and steps[0].epoch_steps == per_epoch
+    assert steps[0].epoch == 1 and steps[0].epoch_step == 1 and steps[-1].epoch == 2
+    assert all(s.loss > 0 and s.tokens_per_s > 0 and s.eta_s >= 0 for s in steps)
+    assert steps[-1].eta_s == 0 and steps[0].eta_s > steps[per_epoch].eta_s
+    assert [e.epoch for e in epochs] == [1, 2] and epochs[-1].step == 2 * per_epoch
+    assert [h["epoch"] for h in epochs[-1].history] == [1, 2] == [h["epoch"] for h in result.history]
+
+
+def test_step_reports_are_throttled(tiny_corpus, tmp_path):
+    from models.train import Trainer
+    steps = []
+    Trainer(small_config(tiny_corpus, tmp_path / "m", epochs=1), progress=False, report_every_s=3600,
+            on_step=steps.append).fit()
+    assert [s.epoch_step for s in steps] == [1]  # the first step at once, then once an hour

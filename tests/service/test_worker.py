@@ -126,6 +126,9 @@ def test_worker_trains_publishes_and_reports(store, worker, job_settings, tiny_j
     assert done.result["model"] == "fresh" and done.result["epochs_run"] == 2
     assert done.progress["epoch"] == 2 and done.progress["resumed_from_epoch"] == 0
     assert done.progress["step"] > 0 and done.progress["valid_ppl"] > 1
+    assert done.progress["step"] == done.progress["total_steps"]
+    assert [h["epoch"] for h in done.progress["history"]] == [1, 2]
+    assert all(h["train_loss"] > 0 and h["valid_ppl"] > 1 for h in done.progress["history"])
     meta = read_config(job_settings.checkpoints / "fresh")
     assert meta["name"] == "fresh" and meta["provenance"]["train_config"]["emb"] == 16
     assert not Path(done.run_dir).exists()  # run state is removed once nothing can resume it
@@ -212,3 +215,43 @@ def test_one_active_job_per_model_name(tmp_path):
         store.submit("distill", "m", {})
     store.cancel(job.id)
     assert store.submit("train", "m", {}).status == "queued"  # fine once the first one has ended
+
+
+def test_progress_shows_steps_loss_and_eta_during_the_first_epoch(store, job_settings, tiny_job, wait_for):
+    job = store.submit("train", "watched", tiny_job(epochs=50, patience=100, train_tokens=20000))
+    worker = Worker(store, job_settings.checkpoints, poll_interval_s=0.05, worker_id="w")
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        progress = wait_for(lambda: (p := store.get(job.id).progress) and p.get("epoch_step") and p, 60,
+                            "progress within the first epoch")
+        assert progress["epochs"] == 50 and len(progress.get("history", [])) == progress["epoch"] < 50
+        assert 0 < progress["epoch_step"] <= progress["epoch_steps"]
+        assert 0 < progress["step"] <= progress["total_steps"] and progress["epoch_steps"] > 0
+        assert progress["loss"] > 0 and progress["eta_s"] > 0 and progress["tokens_per_s"] > 0
+        assert progress["resumed_from_epoch"] == 0 and progress["attempt"] == 1
+    finally:
+        worker.stop()
+        thread.join(timeout=60)
+
+
+def test_job_settings_reach_the_trainer(store, worker, job_settings, tiny_job):
+    params = tiny_job(epochs=1, cutoffs=[100, 300], weight_decay=1e-6, style="ptb", context_dropout=0.1)
+    job = store.submit("train", "shaped", params)
+    worker.run(once=True)
+    assert store.get(job.id).status == "succeeded", store.get(job.id).error
+    meta = read_config(job_settings.checkpoints / "shaped")
+    train_config = meta["provenance"]["train_config"]
+    assert train_config["weight_decay"] == 1e-6 and train_config["context_dropout"] == 0.1
+    assert meta["model"]["cutoffs"] == [100, 300] and meta["tokenizer"]["style"] == "ptb"
+    grown = store.submit("train", "grown", tiny_job(epochs=1, init="teacher"))
+    worker.run(once=True)
+    assert store.get(grown.id).status == "succeeded", store.get(grown.id).error
+    assert read_config(job_settings.checkpoints / "grown")["provenance"]["init"]["name"] == "teacher"
+
+
+def test_a_job_with_a_missing_init_model_fails_in_one_line(store, worker, tiny_job):
+    job = store.submit("train", "orphan", tiny_job(init="ghost"))
+    worker.run(once=True)
+    failed = store.get(job.id)
+    assert failed.status == "failed" and "ghost" in failed.error and "\n" not in failed.error
