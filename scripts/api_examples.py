@@ -63,7 +63,8 @@ def shorten(value, items: int = 4):
     return value
 
 
-JOB = {"type": "train", "name": "tiny-gru", "data": str(Path("../shared/data/wikitext-2").resolve()),
+# a relative `data` is resolved against the server's working directory: the repository root under `make serve`
+JOB = {"type": "train", "name": "tiny-gru", "data": "../shared/data/wikitext-2",
        "arch": "gru", "emb": 64, "hidden": 64, "layers": 1, "epochs": 2, "train_tokens": 200000,
        "valid_tokens": 20000}
 
