@@ -17,14 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models import output
+from models.output import picked_log_probs  # noqa: F401  (re-exported for bench/scoring.py)
+
 ARCHS = ("lstm", "gru", "rnn")
 State = Tensor | tuple[Tensor, Tensor]
 
-# Logits per chunk in target_log_probs: 1 MiB of floats, about one L2 cache (tuned with bench/scoring.py).
-CHUNK_ELEMENTS = 2**18
-MIN_CHUNK_ROWS = 32
-# Rows per chunk when a topic's words need whole tail clusters for every row.
-WORD_CHUNK = 256
 
 
 @dataclass
@@ -168,25 +166,13 @@ class RNNLM(nn.Module):
         h = self.encoder.weight.new_zeros(c.layers, batch, c.hidden)
         return (h, h.clone()) if c.arch == "lstm" else h
 
-    # ---- output layer -----------------------------------------------------------------------
+    # ---- output layer (models.output) -----------------------------------------------------------
     def log_probs(self, feats: Tensor, words: Tensor | None = None) -> Tensor:
         """Full log-distribution over the vocabulary for every feature row ([..., V]).
 
         `words` are the topic's word ids (`context_words`); they get the context boost.
         """
-        shape = feats.shape[:-1]
-        flat = feats.reshape(-1, feats.shape[-1])
-        if self.softmax is not None:
-            out = self.softmax.log_prob(flat)
-        else:
-            out = F.log_softmax(self.decoder(flat), dim=-1)
-        boost = self.word_boost(words)
-        if boost is not None:
-            bonus = out.new_zeros(out.shape[-1])
-            bonus[words] = boost.to(out.dtype)
-            out = out + bonus
-            out = out - torch.logsumexp(out, dim=-1, keepdim=True)
-        return out.reshape(*shape, -1)
+        return output.log_probs(self, feats, words)
 
     def context_words(self, ids: list[int] | Tensor) -> Tensor | None:
         """The distinct word ids of a topic that the context boost applies to (None: no boost)."""
@@ -197,56 +183,15 @@ class RNNLM(nn.Module):
 
     def word_classes(self, words: Tensor) -> Tensor:
         """Each word's frequency class: 0 below the first cutoff, 1 up to the second, ..."""
-        return torch.bucketize(words, torch.tensor(self.config.cutoffs, device=words.device), right=True)
+        return output.word_classes(self.config.cutoffs, words)
 
     def word_boost(self, words: Tensor | None) -> Tensor | None:
         """Each topic word's log-boost, by its frequency class."""
-        if words is None or not self.config.context_boost:
-            return None
-        return torch.tensor(self.config.context_boost, device=words.device)[self.word_classes(words)]
+        return output.word_boost(self, words)
 
-    def word_log_probs(self, feats: Tensor, words: Tensor, chunk: int = WORD_CHUNK) -> Tensor:
+    def word_log_probs(self, feats: Tensor, words: Tensor, chunk: int = output.WORD_CHUNK) -> Tensor:
         """log p(w) for each feature row and each of a few words ([rows, K]), unboosted."""
-        flat = feats.reshape(-1, feats.shape[-1])
-        no_targets = torch.zeros(flat.shape[0], dtype=torch.long, device=flat.device)
-        return self._target_and_word_log_probs(flat, no_targets, words, chunk)[1]
-
-    def _target_and_word_log_probs(self, flat: Tensor, targets: Tensor, words: Tensor,
-                                   chunk: int) -> tuple[Tensor, Tensor]:
-        """Unboosted log p(target) per row and log p(w) per row and topic word ([rows, K]).
-
-        One pass, `chunk` rows at a time, each output layer once per chunk: a tail cluster
-        holding one of `words` runs for every row (the boost's normaliser needs those words
-        everywhere) and gives the targets in it too; any other tail runs only for its targets' rows.
-        """
-        n = flat.shape[0]
-        picked, word_lp = flat.new_empty(n), flat.new_empty(n, words.numel())
-        sm = self.softmax
-        word_cluster = self.word_classes(words)
-        for s in range(0, n, chunk):
-            x, tgt = flat[s:s + chunk], targets[s:s + chunk]
-            if sm is None:
-                logp = F.log_softmax(self.decoder(x), dim=-1)
-                word_lp[s:s + chunk] = logp[:, words]
-                picked[s:s + chunk] = logp.gather(1, tgt[:, None]).squeeze(1)
-                continue
-            bounds, cluster = sm.cutoffs, self.word_classes(tgt)
-            head = F.log_softmax(sm.head(x), dim=-1)
-            cols = (word_cluster == 0).nonzero().squeeze(1)
-            word_lp[s:s + chunk, cols] = head[:, words[cols]]
-            head_col = torch.where(cluster == 0, tgt, sm.shortlist_size + cluster - 1)
-            out = head.gather(1, head_col[:, None]).squeeze(1)
-            for c in range(1, len(bounds)):
-                cols, rows = (word_cluster == c).nonzero().squeeze(1), (cluster == c).nonzero().squeeze(1)
-                if cols.numel():
-                    logp = F.log_softmax(sm.tail[c - 1](x), dim=-1)
-                    word_lp[s:s + chunk, cols] = (head[:, sm.shortlist_size + c - 1, None]
-                                                  + logp[:, words[cols] - bounds[c - 1]])
-                    out[rows] += logp[rows, tgt[rows] - bounds[c - 1]]
-                elif rows.numel():
-                    out[rows] += picked_log_probs(sm.tail[c - 1], x[rows], tgt[rows] - bounds[c - 1], None)
-            picked[s:s + chunk] = out
-        return picked, word_lp
+        return output.word_log_probs(self, feats, words, chunk)
 
     def logits(self, feats: Tensor) -> Tensor:
         """Unnormalised scores whose softmax is the model's distribution (log-probs for adaptive)."""
@@ -256,45 +201,13 @@ class RNNLM(nn.Module):
 
     def target_log_probs(self, feats: Tensor, targets: Tensor, chunk: int | None = None,
                          words: Tensor | None = None) -> Tensor:
-        """log p(target) for each row without materialising [rows, V] at once.
-
-        With a topic's `words`, the boosted distribution: p'(w) = p(w) e^b(w) / Z, where b is zero
-        off the topic and Z = 1 + sum over the topic's words of (e^b(w) - 1) p(w).
-
-        Every output layer is evaluated `chunk` rows at a time (default: as many rows as keep one
-        chunk's logits within ~CHUNK_ELEMENTS floats, so they stay in cache between the matmul
-        and the logsumexp) and only the targets' entries are gathered. An adaptive softmax
-        evaluates the head for every row and each tail cluster only for the rows whose target
-        falls in it (Grave et al., 2017): log p(w) = log p(cluster | h) + log p(w | cluster, h).
-        """
-        flat = feats.reshape(-1, feats.shape[-1])
-        tgt = targets.reshape(-1)
-        boost = self.word_boost(words)
-        if boost is not None:
-            out, word_lp = self._target_and_word_log_probs(flat, tgt, words, chunk or WORD_CHUNK)
-            hit = tgt[:, None] == words[None, :]                                  # [rows, K]
-            norm = torch.log1p((word_lp.exp() * boost.expm1()).sum(-1))
-            return (out + (hit * boost).sum(-1) - norm).reshape(targets.shape)
-        if self.softmax is None:
-            return picked_log_probs(self.decoder, flat, tgt, chunk).reshape(targets.shape)
-        sm = self.softmax
-        bounds = sm.cutoffs  # [shortlist, cluster bounds..., vocab_size]
-        cluster = self.word_classes(tgt)
-        head_col = torch.where(cluster == 0, tgt, sm.shortlist_size + cluster - 1)
-        out = picked_log_probs(sm.head, flat, head_col, chunk)
-        for c in range(1, len(bounds)):
-            rows = (cluster == c).nonzero().squeeze(1)
-            if rows.numel():
-                out[rows] += picked_log_probs(sm.tail[c - 1], flat[rows], tgt[rows] - bounds[c - 1], chunk)
-        return out.reshape(targets.shape)
+        """log p(target) for each row without materialising [rows, V] at once; with a topic's
+        `words`, under the boosted distribution (see models.output)."""
+        return output.target_log_probs(self, feats, targets, chunk, words)
 
     def loss(self, feats: Tensor, targets: Tensor) -> Tensor:
         """Mean cross-entropy (nats per token) of the targets."""
-        flat = feats.reshape(-1, feats.shape[-1])
-        tgt = targets.reshape(-1)
-        if self.softmax is not None:
-            return self.softmax(flat, tgt).loss
-        return F.cross_entropy(self.decoder(flat), tgt)
+        return output.loss(self, feats, targets)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -303,23 +216,6 @@ class RNNLM(nn.Module):
 # Inputs this short (a keystroke's new words, a generation step) run cell by cell in eval mode.
 STEP_TOKENS = 4
 _CELLS = {nn.LSTM: torch.lstm_cell, nn.GRU: torch.gru_cell, nn.RNN: torch.rnn_tanh_cell}
-
-
-def picked_log_probs(layer: nn.Module, x: Tensor, cols: Tensor, chunk: int | None) -> Tensor:
-    """log_softmax(layer(x))[i, cols[i]] for each row, `chunk` rows of logits at a time."""
-    n = x.shape[0]
-    out = x.new_empty(n)
-    if n == 0:
-        return out
-    if chunk is None:
-        last = layer[-1] if isinstance(layer, nn.Sequential) else layer  # an adaptive tail is proj -> out
-        width = last.out_features
-        chunk = max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS // width)
-    for start in range(0, n, chunk):
-        logits = layer(x[start:start + chunk])
-        picked = logits.gather(1, cols[start:start + chunk, None]).squeeze(1)
-        out[start:start + chunk] = picked - torch.logsumexp(logits, dim=-1)
-    return out
 
 
 def detach_state(state: State) -> State:
