@@ -29,8 +29,7 @@ def tokens_per_second(model: RNNLM, opt: torch.optim.Optimizer, ids: torch.Tenso
         if step == warmup:
             start, tokens = time.perf_counter(), 0
         state = detach_state(state)
-        feats, state = model.features(inputs, state)
-        loss = model.loss(feats, targets)
+        loss, state = model(inputs, state, targets=targets)  # the trainer's step: RNNLM.forward
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 0.25)
