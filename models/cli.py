@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
 
+from models import score_file
 from models.config import STUDENT_SIZE, DistillConfig, SettingError, TrainConfig, check_setting, choices, defaults
 
 EXIT_USAGE, EXIT_ERROR = 2, 1
@@ -257,11 +258,13 @@ def add_commands(sub) -> dict[str, Command]:
     p.add_argument("-n", type=positive(), default=1)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--threads", type=positive(), default=None)
+
+    score_file.add_arguments(sub.add_parser("score", help="score a text file line by line (like KenLM's query)"))
     return COMMANDS
 
 
 COMMANDS: dict[str, Command] = {"train": cmd_train, "distill": cmd_distill, "eval": cmd_eval,
-                                "fit-boost": cmd_fit_boost, "generate": cmd_generate}
+                                "fit-boost": cmd_fit_boost, "generate": cmd_generate, "score": score_file.run}
 
 
 def run_command(prog: str, commands: dict[str, Command], args: argparse.Namespace) -> int:
