@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from prometheus_client import REGISTRY
 
 from service import errors
+from service.admission import AdmissionMiddleware
 from service.batcher import Batcher
 from service.jobs import JobStore
 from service.metrics import JobCounts, MetricsMiddleware
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (health, models, score, generate, jobs, page):
         app.include_router(module.router)
     errors.install(app)
+    app.add_middleware(AdmissionMiddleware, settings=settings)  # inside the body limit: reads bodies through it
     app.add_middleware(errors.BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, api=app)  # added last = outermost: sees every response
     return app

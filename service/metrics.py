@@ -41,6 +41,11 @@ STATE_CACHE_MISSES = Counter("rnnlm_state_cache_misses", "Prompts read from the 
 STATE_CACHE_EVICTIONS = Counter("rnnlm_state_cache_evictions", "Cached states dropped to stay within the "
                                                                "memory bound", ["model"])
 STATE_CACHE_BYTES = Gauge("rnnlm_state_cache_bytes", "Memory held by the recurrent-state cache", ["model"])
+ADMISSION_ADMITTED = Counter("rnnlm_admission_admitted", "Inference requests admitted by admission control")
+ADMISSION_REJECTED = Counter("rnnlm_admission_rejected", "Inference requests answered 503 by admission control: "
+                                                         "limit reached, or waited too long to be read", ["reason"])
+ADMISSION_LIMIT = Gauge("rnnlm_admission_limit", "Current limit on inference requests running at once")
+ADMISSION_IN_FLIGHT = Gauge("rnnlm_admission_in_flight", "Inference requests admitted and running")
 
 
 def state_cache_listener(model: str) -> Callable[[str, int], None]:

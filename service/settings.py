@@ -46,6 +46,21 @@ class Settings(BaseSettings):
         default_factory=list, description="`,`-separated models served as dynamic int8: faster, but scores "
                                           "shift slightly and depend on the batch (bench/quantize.py)")
 
+    # overload (service/admission.py, service/server.py)
+    admission: bool = Field(True, description="limit the inference requests running at once; the excess gets "
+                                              "503 with Retry-After at once")
+    admission_initial_limit: int = Field(8, ge=1, description="requests running at once before latency is measured")
+    admission_min_limit: int = Field(2, ge=1, description="the adaptive limit never goes below this")
+    admission_max_limit: int = Field(64, ge=1, description="the adaptive limit never goes above this")
+    admission_tolerance: float = Field(2.0, gt=1.0, description="the limit shrinks when admitted requests take "
+                                                                "over this many times their unloaded latency")
+    admission_max_wait_ms: float = Field(100.0, gt=0, description="a request that waited longer than this before "
+                                                                  "the app could read it gets 503")
+    admission_retry_after_s: int = Field(1, ge=1, description="Retry-After of a 503 from admission control")
+    request_read_timeout_s: float = Field(10.0, gt=0, description="a connection that has not sent a whole request "
+                                                                  "(headers and body) this long after it opened or "
+                                                                  "began the request is closed")
+
     # training jobs (used by the jobs API and the worker)
     data_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list,
                                                         description="`:`-separated corpus folders jobs may read")

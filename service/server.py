@@ -1,0 +1,103 @@
+"""The uvicorn server of `rnnlm serve`: one process, its HTTP protocol with a request-read timeout.
+
+Layers against overload, outermost first: the kernel's listen backlog (uvicorn's `backlog`, 2048)
+holds connections not yet accepted; uvicorn's `limit_concurrency` is left off, because it counts
+connections, so keep-alive clients that are merely connected would make it refuse everyone; the
+read timeout below closes connections that do not deliver a whole request in time; admission
+control (service/admission.py) bounds the inference requests running at once and answers the rest
+503 at once; the micro-batcher's per-model queue (`max_queue`) is the last backstop.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import h11
+import uvicorn
+from fastapi import FastAPI
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from service.admission import RECEIVED_AT
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STARTUP_FAILURE = 3  # uvicorn's exit status when the server could not start
+_REQUEST_READ = (h11.DONE, h11.MUST_CLOSE, h11.CLOSED, h11.ERROR)  # h11 client states past the request
+
+
+class ReadTimeoutProtocol(H11Protocol):
+    """uvicorn's h11 protocol, plus a bound on reading each request.
+
+    uvicorn times out idle keep-alive connections but not a request that is half sent: a client can
+    hold a connection forever by never finishing its headers or body. Here a timer runs from the
+    moment a connection opens, or a new request begins on it, until the request's body is complete;
+    when it fires the connection is closed (with a 408 if no request had been parsed yet). The
+    timer is not re-armed by each byte, so trickling a byte at a time does not extend it. The
+    protocol also stamps each request's scope with the loop time its headers were parsed, for
+    admission control's queue-time check.
+    """
+
+    read_timeout_s = 10.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._read_timer: asyncio.TimerHandle | None = None
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def handle_events(self) -> None:
+        """Parse what has arrived (from data_received, or buffered behind a finished response)."""
+        parsed_at, scope = self.loop.time(), self.scope
+        super().handle_events()
+        if self.scope is not scope and self.scope is not None:
+            self.scope.setdefault("extensions", {})[RECEIVED_AT] = parsed_at  # type: ignore[typeddict-unknown-key]
+        if self.transport.is_closing() or self.conn.their_state in _REQUEST_READ:
+            self._disarm()
+        elif self.conn.their_state is h11.SEND_BODY or self.conn.trailing_data[0]:
+            self._arm()  # a request has begun and is not complete
+
+    def _arm(self) -> None:
+        if self._read_timer is None:
+            self._read_timer = self.loop.call_later(self.read_timeout_s, self._read_timed_out)
+
+    def _disarm(self) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
+
+    def _read_timed_out(self) -> None:
+        self._read_timer = None
+        if self.transport.is_closing():
+            return
+        if self.conn.their_state is h11.IDLE and self.conn.our_state is h11.IDLE:  # no request parsed yet
+            body = (b'{"error": {"type": "request_timeout", "message": "no complete request within %g s", '
+                    b'"param": null}}' % self.read_timeout_s)
+            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                                 b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+        log.info("closing connection from %s: request not read within %g s",
+                 "%s:%d" % self.client if self.client else "?", self.read_timeout_s)
+        # The app, if it was waiting for the body, gets http.disconnect.
+        self.transport.close()
+
+
+def protocol_class(read_timeout_s: float) -> type[H11Protocol]:
+    """ReadTimeoutProtocol with this server's timeout (uvicorn instantiates the class per connection)."""
+    return type("ReadTimeoutProtocol", (ReadTimeoutProtocol,), {"read_timeout_s": read_timeout_s})
+
+
+def build_server(app: FastAPI, settings: Settings, log_level: str = "info") -> uvicorn.Server:
+    """One server process: the models live in this process' memory; scale out with replicas."""
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, workers=1, log_level=log_level,
+                            http=protocol_class(settings.request_read_timeout_s))
+    return uvicorn.Server(config)
+
+
+def serve(app: FastAPI, settings: Settings, log_level: str = "info") -> int:
+    """Run until SIGINT/SIGTERM; the exit status of a server that could not start is uvicorn's (3)."""
+    server = build_server(app, settings, log_level)
+    server.run()
+    return 0 if server.started else STARTUP_FAILURE
