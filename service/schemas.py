@@ -67,10 +67,21 @@ class ErrorResponse(BaseModel):
 class HealthResponse(BaseModel):
     status: Literal["ok"] = "ok"
 
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
+
 
 class ReadyResponse(BaseModel):
     status: Literal["ready", "not_ready"]
     models: list[str]
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ready", "models": ["gru", "lstm", "student"]}]})
+
+
+MODEL_CARD_EXAMPLE = {
+    "name": "lstm", "aliases": ["default"], "arch": "lstm", "parameters": 9273168, "vocab_size": 33278,
+    "context": True, "emb": 200, "hidden": 256, "layers": 2, "adaptive_softmax": True, "dtype": "float16",
+    "tokenizer": "wikitext", "metrics": {"valid_ppl": 120.9148, "test_ppl": 115.9719, "test_ppl_no_context": 118.8108},
+    "provenance": {"corpus": "wikitext-2", "epochs": 22, "seed": 1234}}
 
 
 class ModelCard(BaseModel):
@@ -89,9 +100,13 @@ class ModelCard(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict, description="measured perplexities etc.")
     provenance: dict[str, Any] = Field(default_factory=dict, description="corpus, checksum, epochs, seed, ...")
 
+    model_config = ConfigDict(json_schema_extra={"examples": [MODEL_CARD_EXAMPLE]})
+
 
 class ModelList(BaseModel):
     data: list[ModelCard]
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"data": [MODEL_CARD_EXAMPLE]}]})
 
 
 # ---- scoring ----------------------------------------------------------------------------------
@@ -132,6 +147,14 @@ class ScoreResponse(ContextInfo):
     model: str
     results: list[TextScore]
 
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "context_used": False, "warnings": [], "model": "student", "results": [{
+            "text": "The song was a hit.", "logprob": -26.6457, "num_tokens": 7, "perplexity": 44.994, "oov_count": 0,
+            "tokens": [{"token": "The", "logprob": -2.4772, "oov": False}, {"token": "song", "logprob": -6.8764, "oov": False},
+                       {"token": "was", "logprob": -1.7436, "oov": False}, {"token": "a", "logprob": -2.3748, "oov": False},
+                       {"token": "hit", "logprob": -7.688, "oov": False}, {"token": ".", "logprob": -3.8847, "oov": False},
+                       {"token": "<eos>", "logprob": -1.601, "oov": False}]}]}]})
+
 
 class PerplexityRequest(Request):
     model: ModelName
@@ -157,6 +180,13 @@ class PerplexityResponse(ContextInfo):
     nll: float = Field(description="negative natural-log likelihood, summed")
     results: list[PerplexityResult]
 
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "context_used": False, "warnings": [], "model": "gru", "perplexity": 37.5668, "num_tokens": 21, "nll": 76.1485,
+        "results": [{"text": "The city is the capital of the province.", "perplexity": 38.4085, "num_tokens": 10,
+                     "logprob": -36.4828, "oov_count": 0},
+                    {"text": "He played for the club in the 2005 season.", "perplexity": 36.8176, "num_tokens": 11,
+                     "logprob": -39.6657, "oov_count": 0}]}]})
+
 
 class RankRequest(Request):
     model: ModelName
@@ -181,6 +211,13 @@ class RankResponse(ContextInfo):
     model: str
     results: list[RankResult] = Field(description="best first")
 
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "context_used": False, "warnings": [], "model": "lstm", "results": [
+            {"rank": 1, "text": "I would like to recognise speech .", "logprob": -41.2953, "num_tokens": 8,
+             "perplexity": 174.4982, "oov_count": 0},
+            {"rank": 2, "text": "I would like to wreck a nice beach .", "logprob": -58.9273, "num_tokens": 10,
+             "perplexity": 362.3935, "oov_count": 0}]}]})
+
 
 # ---- next word and generation -----------------------------------------------------------------
 class NextWordRequest(Request):
@@ -204,6 +241,10 @@ class NextWordResponse(ContextInfo):
     model: str
     predictions: list[Prediction] = Field(description="most probable first")
     completing: str | None = Field(description="the half-typed word being completed, or null")
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "context_used": False, "warnings": [], "model": "lstm", "completing": "Lon",
+        "predictions": [{"word": "London", "prob": 0.9838}, {"word": "Long", "prob": 0.0149}, {"word": "Lone", "prob": 0.0006}]}]})
 
 
 class GenerateRequest(Request):
@@ -237,6 +278,11 @@ class GenerateResponse(ContextInfo):
     model: str
     choices: list[Choice]
 
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "context_used": True, "warnings": [], "model": "lstm", "choices": [{
+            "index": 0, "text": "was even destroyed. In the same time,", "logprob": -27.2224, "finish_reason": "length",
+            "tokens": ["was", "even", "destroyed", ".", "In", "the", "same", "time", ","]}]}]})
+
 
 class StreamChunk(BaseModel):
     """One server-sent event of a streamed generation (`data: {...}`; the stream ends with `data: [DONE]`)."""
@@ -245,6 +291,8 @@ class StreamChunk(BaseModel):
     text: str = Field(description="the choice's text so far")
     logprob: float | None
     finish_reason: FinishReason | None = Field(None, description="set on a choice's final event")
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"index": 0, "token": "was", "text": "was", "logprob": -2.3982, "finish_reason": None}]})
 
 
 # ---- training jobs ----------------------------------------------------------------------------
@@ -387,6 +435,8 @@ class JobCreated(BaseModel):
     id: str
     status: JobStatus
 
+    model_config = ConfigDict(json_schema_extra={"examples": [{"id": "67c7744cddfe454abc32e893987ba493", "status": "queued"}]})
+
 
 class EpochRecord(BaseModel):
     epoch: int
@@ -413,6 +463,18 @@ class JobProgress(BaseModel):
     attempt: int | None = None
 
 
+JOB_EXAMPLE = {
+    "id": "67c7744cddfe454abc32e893987ba493", "type": "train", "name": "tiny-gru", "status": "running",
+    "cancel_requested": False, "params": {"data": "/data/wikitext-2", "arch": "gru", "emb": 64, "hidden": 64, "layers": 1,
+                                          "epochs": 2, "train_tokens": 200000, "valid_tokens": 20000},
+    "progress": {"epoch": 1, "epochs": 2, "step": 135, "total_steps": 180, "loss": 7.1204, "valid_ppl": 970.6196,
+                 "best_valid_ppl": 970.6196, "tokens_per_s": 30974.5, "eta_s": 3.4, "lr": 0.002,
+                 "history": [{"epoch": 1, "train_loss": 7.5941, "valid_ppl": 970.6196}]},
+    "model": None, "result": None, "error": None, "attempts": 1, "worker_id": "host-4711",
+    "created_at": "2026-11-30T12:00:00Z", "started_at": "2026-11-30T12:00:01Z", "finished_at": None,
+    "heartbeat_at": "2026-11-30T12:00:09Z"}
+
+
 class JobInfo(BaseModel):
     id: str
     type: JobType
@@ -420,17 +482,21 @@ class JobInfo(BaseModel):
     status: JobStatus
     cancel_requested: bool
     params: dict[str, Any]
-    progress: JobProgress | None
-    model: str | None = Field(description="the model to use once the job has succeeded")
-    result: dict[str, Any] | None = Field(description="metrics of the finished model")
-    error: str | None
+    progress: JobProgress | None = None
+    model: str | None = Field(None, description="the model to use once the job has succeeded")
+    result: dict[str, Any] | None = Field(None, description="metrics of the finished model")
+    error: str | None = None
     attempts: int = Field(description="times a worker took this job (> 1 after a worker died or stopped)")
-    worker_id: str | None
+    worker_id: str | None = None
     created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    heartbeat_at: datetime | None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    heartbeat_at: datetime | None = None
+
+    model_config = ConfigDict(json_schema_extra={"examples": [JOB_EXAMPLE]})
 
 
 class JobList(BaseModel):
     data: list[JobInfo] = Field(description="newest first")
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"data": [JOB_EXAMPLE]}]})

@@ -9,6 +9,10 @@ from service.deps import RegistryDep
 from service.schemas import HealthResponse, ReadyResponse
 
 router = APIRouter(tags=["health"])
+METRICS_EXAMPLE = """# HELP rnnlm_requests_total HTTP requests handled
+# TYPE rnnlm_requests_total counter
+rnnlm_requests_total{endpoint="/v1/next-word",model="lstm",status="200"} 1024.0
+"""
 
 
 @router.get("/health", response_model=HealthResponse)
@@ -27,6 +31,7 @@ async def ready(registry: RegistryDep):
 
 
 @router.get("/metrics", response_class=Response,
-            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}})
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {"example": METRICS_EXAMPLE}},
+                             "description": "Prometheus text format"}})
 async def metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

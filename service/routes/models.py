@@ -22,7 +22,8 @@ async def list_models(registry: RegistryDep) -> ModelList:
     return ModelList(data=[model_card(registry, e) for e in registry.engines()])
 
 
-@router.get("/{name}", response_model=ModelCard, responses={404: {"model": ErrorResponse}})
+@router.get("/{name}", response_model=ModelCard, responses={404: {"model": ErrorResponse},
+                                                             422: {"model": ErrorResponse}})
 async def get_model(name: str, registry: RegistryDep) -> ModelCard:
     """A model by name or alias."""
     engine = registry.get(name, param="name")
