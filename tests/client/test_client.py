@@ -3,6 +3,7 @@ and async, streaming, errors as typed exceptions, and a training job followed to
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -153,7 +154,7 @@ def test_a_training_job_followed_to_its_end(client: Client, served) -> None:
     for _ in range(100):
         if "client-gru" in client.ready().models:
             break
-        client._sleep(0.1)
+        time.sleep(0.1)
     assert client.score(["The game was released ."], model="client-gru").model == "client-gru"
 
     with pytest.raises(ConflictError):  # finished: nothing to cancel
