@@ -133,3 +133,14 @@ def test_fit_boost_refuses_a_model_without_context(tiny_corpus, tmp_path):
     proc = rnnlm("fit-boost", "--model", str(tmp_path / "plain"), "--data", str(tiny_corpus))
     assert_one_line_error(proc, "not trained with context")
     assert (tmp_path / "plain" / "config.json").read_text() == before
+
+
+def test_library_commands_run_without_the_service():
+    library = subprocess.run([sys.executable, "-m", "models.cli", "--help"], capture_output=True, text=True,
+                             timeout=60)
+    assert library.returncode == 0, library.stderr
+    for command in ("train", "distill", "eval", "fit-boost", "generate"):
+        assert command in library.stdout
+    assert "serve" not in library.stdout and "worker" not in library.stdout
+    full = rnnlm("--help")
+    assert full.returncode == 0 and "serve" in full.stdout and "fit-boost" in full.stdout
