@@ -20,13 +20,18 @@ from models.errors import InputError
 from models.quantize import quantize_int8
 from models.rnnlm import State
 from models.state_cache import Listener, StateCache
-from models.tokenizer import EOS, UNK, detokenize
+from models.tokenizer import EOS, UNK, Encoded, detokenize
 
 _PARTIAL_WORD = re.compile(r"(\w+)$")
 # A scoring batch holds lengths within 80-100 % of its longest, once it has 16 rows (a micro-batch of
 # a few texts stays one batch: a bigger batch is worth some padding). Tuned with bench/scoring.py.
 BUCKET_SPREAD = 0.8
 MIN_BUCKET_ROWS = 16
+# Rows of the full log-distribution computed at a time when the top-k alternatives are asked for.
+TOP_CHUNK_ROWS = 256
+# What a text may be: raw text (normalised by the tokenizer) or token ids of this model's vocabulary.
+TextArg = str | Sequence[int]
+Alternatives = list[tuple[str, float]]
 
 
 @dataclass(slots=True)
@@ -34,6 +39,7 @@ class ScoredToken:
     token: str
     logprob: float
     oov: bool
+    top: Alternatives | None = None  # the k most probable tokens at this position, when asked for
 
 
 @dataclass
@@ -76,6 +82,7 @@ class GenerationParams:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     n: int = 1
+    logprobs: int = 0  # also report the `logprobs` most probable tokens at each step
 
     def validate(self) -> None:
         if self.max_tokens < 1:
@@ -88,6 +95,8 @@ class GenerationParams:
             raise InputError("top_p must be in (0, 1]", "top_p")
         if self.n < 1:
             raise InputError("n must be at least 1", "n")
+        if self.logprobs < 0:
+            raise InputError("logprobs must be >= 0", "logprobs")
 
 
 @dataclass
@@ -135,6 +144,7 @@ class StreamEvent:
     text: str
     logprob: float | None
     finish_reason: str | None = None
+    top: Alternatives | None = None  # with GenerationParams.logprobs: the most probable tokens at this step
 
 
 class Engine:
@@ -199,38 +209,74 @@ class Engine:
         return ResolvedContext(context, True, (), ids, vector, self.model.context_words(ids))
 
     # ---- scoring -------------------------------------------------------------------------------
+    def encode(self, text: TextArg, param: str = "prompt") -> Encoded:
+        """Raw text through the tokenizer, or token ids of this model's vocabulary checked and named."""
+        if isinstance(text, str):
+            return self.tokenizer.encode(text)
+        ids = [int(i) for i in text]
+        bad = next((i for i in ids if not 0 <= i < len(self.vocab)), None)
+        if bad is not None:
+            raise InputError(f"{param}: token id {bad} is outside the vocabulary (0..{len(self.vocab) - 1})", param)
+        return Encoded([self.vocab.itos[i] for i in ids], ids, [False] * len(ids))
+
     @torch.inference_mode()
-    def score(self, texts: list[str], add_eos: bool = True, context: ContextArg = None) -> list[ScoredText]:
-        """log p(text) for each text; the first token is predicted from <eos> (sentence start)."""
+    def score(self, texts: Sequence[TextArg], add_eos: bool = True, context: ContextArg = None,
+              top_logprobs: int = 0) -> list[ScoredText]:
+        """log p(text) for each text (raw text or token ids); the first token is predicted from <eos>
+        (sentence start). With `top_logprobs` = k > 0 each token also carries the k most probable
+        tokens at its position, from the same pass."""
         if not texts:
             raise InputError("texts must not be empty", "texts")
-        encoded = [self.tokenizer.encode(t) for t in texts]
+        if top_logprobs < 0:
+            raise InputError("top_logprobs must be >= 0", "top_logprobs")
+        encoded = [self.encode(t, f"texts.{i}") for i, t in enumerate(texts)]
         for i, enc in enumerate(encoded):
             if not enc.ids and not add_eos:
                 raise InputError(f"text {i} has no tokens", f"texts.{i}")
         targets = [enc.ids + ([self.vocab.eos] if add_eos else []) for enc in encoded]
-        logprobs = self._target_logprobs(targets, self.resolve_context(context))
+        tops: list[list[Alternatives]] | None = [] if top_logprobs else None
+        logprobs = self._target_logprobs(targets, self.resolve_context(context), top_logprobs, tops)
         results = []
-        for text, enc, lp in zip(texts, encoded, logprobs):
+        for i, (text, enc, lp) in enumerate(zip(texts, encoded, logprobs)):
             names = enc.tokens + [EOS] if add_eos else enc.tokens
             oov = enc.oov + [False] if add_eos else enc.oov
             total = float(sum(lp))
             n = len(lp)
-            results.append(ScoredText(text, total, n, math.exp(-total / n) if n else float("nan"),
-                                      sum(enc.oov), list(map(ScoredToken, names, lp, oov))))
+            top = tops[i] if tops is not None else [None] * n
+            results.append(ScoredText(text if isinstance(text, str) else detokenize(enc.tokens), total, n,
+                                      math.exp(-total / n) if n else float("nan"), sum(enc.oov),
+                                      list(map(ScoredToken, names, lp, oov, top))))
         return results
 
-    def _target_logprobs(self, targets: list[list[int]], context: ResolvedContext) -> list[list[float]]:
+    def _top_and_targets(self, feats: Tensor, targets: Tensor, words: Tensor | None,
+                         k: int) -> tuple[Tensor, Tensor, Tensor]:
+        """log p(target) per row and the k best (values, ids) per row, from one full log-distribution
+        per row ([TOP_CHUNK_ROWS, V] at a time), so a target that is the best equals the best exactly."""
+        picked, values, ids = [], [], []
+        for s in range(0, feats.shape[0], TOP_CHUNK_ROWS):
+            logp = self.model.log_probs(feats[s:s + TOP_CHUNK_ROWS], words)
+            picked.append(logp.gather(1, targets[s:s + TOP_CHUNK_ROWS, None]).squeeze(1))
+            top = logp.topk(min(k, logp.shape[-1]), dim=-1)
+            values.append(top.values)
+            ids.append(top.indices)
+        return torch.cat(picked), torch.cat(values), torch.cat(ids)
+
+    def _target_logprobs(self, targets: list[list[int]], context: ResolvedContext, top_k: int = 0,
+                         tops: list[list[Alternatives]] | None = None) -> list[list[float]]:
         """Per-token log-probs for many sequences.
 
         Sorted by length and cut into buckets of similar length (BUCKET_SPREAD, MIN_BUCKET_ROWS; at
         most `max_batch_tokens` padded tokens), so padding stays small. Each bucket runs as one
         padded batch through the fused recurrent kernel: the RNN is causal, so padding after a
         row's end never changes that row's outputs. Only real positions reach the output layer.
-        Tensors are built from one flat list per bucket and split back with one `tolist()`.
+        Tensors are built from one flat list per bucket and split back with one `tolist()`. With
+        `top_k` > 0 the k most probable tokens of every position are appended to `tops` (per sequence).
         """
         order = sorted((i for i in range(len(targets)) if targets[i]), key=lambda i: len(targets[i]), reverse=True)
         out: list[list[float]] = [[] for _ in targets]
+        best: list[Alternatives] = []
+        if tops is not None:
+            tops[:] = [[] for _ in targets]
         words, vector = (context.words, context.vector) if context.used else (None, None)
         eos = self.vocab.eos
         start = 0
@@ -250,10 +296,19 @@ class Engine:
             tgt[mask] = flat
             inputs = torch.cat([torch.full((len(batch), 1), eos), tgt[:, :-1]], dim=1)
             feats, _ = self.model.features(inputs, None, vector.expand(len(batch), -1) if vector is not None else None)
-            logp = self.model.target_log_probs(feats[mask], flat, words=words).tolist()
+            if top_k:
+                picked, values, ids = self._top_and_targets(feats[mask], flat, words, top_k)
+                logp = picked.tolist()
+                itos = self.vocab.itos
+                best = [[(itos[j], v) for j, v in zip(row_ids, row_values)]
+                        for row_ids, row_values in zip(ids.tolist(), values.tolist())]
+            else:
+                logp = self.model.target_log_probs(feats[mask], flat, words=words).tolist()
             pos = 0
             for i, n in zip(batch, lens):
                 out[i] = logp[pos:pos + n]
+                if tops is not None:
+                    tops[i] = best[pos:pos + n]
                 pos += n
         return out
 
@@ -318,7 +373,7 @@ class Engine:
         return NextWord(preds, prefix, context.used)
 
     # ---- generation ----------------------------------------------------------------------------
-    def generate(self, prompt: str, params: GenerationParams, context: ContextArg = None) -> Generation:
+    def generate(self, prompt: TextArg, params: GenerationParams, context: ContextArg = None) -> Generation:
         context = self.resolve_context(context)
         tokens: dict[int, list[str]] = {i: [] for i in range(params.n)}
         logprob = [0.0] * params.n
@@ -335,14 +390,15 @@ class Engine:
         return Generation(samples, context.used)
 
     @torch.inference_mode()
-    def stream(self, prompt: str, params: GenerationParams, context: ContextArg = None) -> Iterator[StreamEvent]:
-        """Sample `n` continuations together, yielding each token as it is chosen, then a final event."""
+    def stream(self, prompt: TextArg, params: GenerationParams, context: ContextArg = None) -> Iterator[StreamEvent]:
+        """Sample `n` continuations of `prompt` (raw text, or token ids read after the sentence start)
+        together, yielding each token as it is chosen, then a final event per choice."""
         params.validate()
         gen = torch.Generator().manual_seed(params.seed if params.seed is not None else torch.seed())
         n = params.n
         context = self.resolve_context(context)
         ctx, words = (context.vector.expand(n, -1), context.words) if context.used else (None, None)
-        feat, state = self._prefix_state(self.tokenizer.encode(prompt).ids, context)
+        feat, state = self._prefix_state(self.encode(prompt).ids, context)
         feat = feat.expand(n, -1)
         state = tuple(s.expand(-1, n, -1).contiguous() for s in state) if isinstance(state, tuple) \
             else state.expand(-1, n, -1).contiguous()
@@ -352,6 +408,11 @@ class Engine:
             logp = self.model.log_probs(feat, words)              # [n, V]
             choice = self._sample(logp, params, gen)              # [n]
             chosen_logp = logp.gather(1, choice[:, None]).squeeze(1)
+            best = None
+            if params.logprobs:
+                top = logp.topk(min(params.logprobs, logp.shape[-1]), dim=-1)
+                best = [[(self.vocab.itos[j], v) for j, v in zip(ids, values)]
+                        for ids, values in zip(top.indices.tolist(), top.values.tolist())]
             still = []
             for i in active:
                 tok_id = int(choice[i])
@@ -365,7 +426,7 @@ class Engine:
                 if hit is not None:
                     yield StreamEvent(i, None, text[: text.index(hit)], None, "stop")
                     continue
-                yield StreamEvent(i, token, text, float(chosen_logp[i]))
+                yield StreamEvent(i, token, text, float(chosen_logp[i]), top=best[i] if best else None)
                 still.append(i)
             active = still
             if not active:

@@ -16,8 +16,8 @@ from service.batcher import Batcher
 from service.jobs import JobStore
 from service.metrics import JobCounts, MetricsMiddleware
 from service.registry import ModelRegistry
-from service.routes import generate, health, jobs, models, page, score
-from service.serving import GenerationService, JobService, NextWordService, ScoringService
+from service.routes import generate, health, jobs, models, openai, page, score
+from service.serving import CompletionService, GenerationService, JobService, NextWordService, ScoringService
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.scoring = ScoringService(registry, batcher, settings)
     app.state.next_word = NextWordService(registry, settings)
     app.state.generation = GenerationService(registry, settings)
+    app.state.completions = CompletionService(registry, batcher, settings)
     app.state.job_service = JobService(app.state.jobs, settings)
     job_counts: JobCounts | None = JobCounts(app.state.jobs)  # rnnlm_jobs{status}, read from the db per scrape
     try:
@@ -68,7 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   docs_url=None, redoc_url=None)  # served offline by routes/page.py
     app.state.settings = settings
     app.state.jobs = JobStore(settings.jobs_db, stale_after_s=settings.job_stale_after_s)  # opened on first use
-    for module in (health, models, score, generate, jobs, page):
+    for module in (health, models, score, generate, openai, jobs, page):
         app.include_router(module.router)
     errors.install(app)
     app.add_middleware(AdmissionMiddleware, settings=settings)  # inside the body limit: reads bodies through it

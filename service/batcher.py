@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 
 from starlette.concurrency import run_in_threadpool
 
-from models.engine import ContextArg, CorpusScore, Engine, ResolvedContext, ScoredText, corpus_score, rank_scores
+from models.engine import (ContextArg, CorpusScore, Engine, ResolvedContext, ScoredText, TextArg, corpus_score,
+                           rank_scores)
 from models.errors import InputError
 from service import metrics
 from service.errors import QueueFullError
@@ -32,14 +33,15 @@ log = logging.getLogger(__name__)
 @dataclass
 class _Request:
     engine: Engine
-    texts: list[str]
+    texts: list[TextArg]
     add_eos: bool
     context: ResolvedContext
     future: asyncio.Future = field(repr=False)
+    top_logprobs: int = 0
 
     @property
     def group(self) -> tuple:
-        return id(self.engine), self.add_eos, self.context.key
+        return id(self.engine), self.add_eos, self.context.key, self.top_logprobs
 
 
 class _ModelQueue:
@@ -132,12 +134,14 @@ def _score_batch(batch: list[_Request], size_metric) -> list[list[ScoredText] | 
         texts = [t for i in members for t in batch[i].texts]
         size_metric.observe(len(texts))
         try:
-            scores = first.engine.score(texts, add_eos=first.add_eos, context=first.context)
+            scores = first.engine.score(texts, add_eos=first.add_eos, context=first.context,
+                                        top_logprobs=first.top_logprobs)
         except InputError:
             # One request's bad input must not fail its neighbours: score them one by one instead.
             for i in members:
                 try:
-                    outcomes[i] = first.engine.score(batch[i].texts, add_eos=first.add_eos, context=first.context)
+                    outcomes[i] = first.engine.score(batch[i].texts, add_eos=first.add_eos, context=first.context,
+                                                     top_logprobs=first.top_logprobs)
                 except Exception as exc:
                     outcomes[i] = exc
             continue
@@ -161,17 +165,19 @@ class Batcher:
         self.enabled = settings.batching
         self._queues: dict[str, _ModelQueue] = {}
 
-    async def score(self, engine: Engine, texts: list[str], add_eos: bool = True,
-                    context: ContextArg = None) -> list[ScoredText]:
-        """`engine.score(texts, add_eos, context)`, possibly computed together with other requests."""
+    async def score(self, engine: Engine, texts: list[TextArg], add_eos: bool = True,
+                    context: ContextArg = None, top_logprobs: int = 0) -> list[ScoredText]:
+        """`engine.score(texts, add_eos, context, top_logprobs)`, possibly computed together with other
+        requests."""
         context = engine.resolve_context(context)
         if not self.enabled:
-            return await run_in_threadpool(engine.score, texts, add_eos=add_eos, context=context)
+            return await run_in_threadpool(engine.score, texts, add_eos=add_eos, context=context,
+                                           top_logprobs=top_logprobs)
         queue = self._queues.get(engine.name)
         if queue is None or queue.task.done():  # first use, or its task died of a bug: start afresh
             queue = self._queues[engine.name] = _ModelQueue(engine.name, self.settings)
         future = asyncio.get_running_loop().create_future()
-        queue.put(_Request(engine, list(texts), add_eos, context, future))
+        queue.put(_Request(engine, list(texts), add_eos, context, future, top_logprobs))
         return await future
 
     async def perplexity(self, engine: Engine, texts: list[str], context: ContextArg = None) -> CorpusScore:

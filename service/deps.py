@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from service.errors import AuthenticationError, PermissionDeniedError
 from service.jobs import JobStore
 from service.registry import ModelRegistry
-from service.serving import GenerationService, JobService, NextWordService, ScoringService
+from service.serving import CompletionService, GenerationService, JobService, NextWordService, ScoringService
 from service.settings import Settings
 
 
@@ -43,6 +43,10 @@ async def get_job_service(request: Request) -> JobService:
     return request.app.state.job_service
 
 
+async def get_completions(request: Request) -> CompletionService:
+    return request.app.state.completions
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 JobStoreDep = Annotated[JobStore, Depends(get_job_store)]
@@ -50,6 +54,7 @@ ScoringDep = Annotated[ScoringService, Depends(get_scoring)]
 NextWordDep = Annotated[NextWordService, Depends(get_next_word)]
 GenerationDep = Annotated[GenerationService, Depends(get_generation)]
 JobServiceDep = Annotated[JobService, Depends(get_job_service)]
+CompletionDep = Annotated[CompletionService, Depends(get_completions)]
 
 
 async def require_api_key(request: Request, settings: SettingsDep) -> None:

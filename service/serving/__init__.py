@@ -5,9 +5,11 @@ serving method checks the request limits, resolves the model and the request's c
 calls the batcher or the engine off the event loop, records the metrics and returns a response
 schema; the routes only validate, call one method and return.
 """
+from service.serving.completions import CompletionService
 from service.serving.generation import GenerationService, GenerationStream
 from service.serving.jobs import JobService
 from service.serving.next_word import NextWordService
 from service.serving.scoring import ScoringService
 
-__all__ = ["GenerationService", "GenerationStream", "JobService", "NextWordService", "ScoringService"]
+__all__ = ["CompletionService", "GenerationService", "GenerationStream", "JobService", "NextWordService",
+           "ScoringService"]

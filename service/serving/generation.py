@@ -68,7 +68,7 @@ async def _chunks(model: str, events: Iterator[StreamEvent], event: StreamEvent 
         while event is not None:
             if event.token is not None:
                 generated.inc()
-            yield json.dumps(asdict(event))
+            yield json.dumps({k: v for k, v in asdict(event).items() if k != "top"})
             event = await run_in_threadpool(next, events, None)
         yield DONE
     except RNNLMError as exc:  # headers are sent: report in-band and end the stream
