@@ -78,6 +78,7 @@ class ReadyResponse(BaseModel):
 
 
 MODEL_CARD_EXAMPLE = {
+    "id": "lstm", "object": "model", "created": 1796083200, "owned_by": "rnnlm-serve",
     "name": "lstm", "aliases": ["default"], "arch": "lstm", "parameters": 9273168, "vocab_size": 33278,
     "context": True, "emb": 200, "hidden": 256, "layers": 2, "adaptive_softmax": True, "dtype": "float16",
     "tokenizer": "wikitext", "metrics": {"valid_ppl": 120.9148, "test_ppl": 115.9719, "test_ppl_no_context": 118.8108},
@@ -85,6 +86,10 @@ MODEL_CARD_EXAMPLE = {
 
 
 class ModelCard(BaseModel):
+    id: str = Field(description="the model's name (OpenAI's field)")
+    object: Literal["model"] = "model"
+    created: int = Field(description="when the served version was written (Unix seconds)")
+    owned_by: str = "rnnlm-serve"
     name: str
     aliases: list[str] = Field(description="other names that resolve to this model")
     arch: str = Field(description="lstm, gru or rnn")
@@ -104,9 +109,10 @@ class ModelCard(BaseModel):
 
 
 class ModelList(BaseModel):
+    object: Literal["list"] = "list"
     data: list[ModelCard]
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{"data": [MODEL_CARD_EXAMPLE]}]})
+    model_config = ConfigDict(json_schema_extra={"examples": [{"object": "list", "data": [MODEL_CARD_EXAMPLE]}]})
 
 
 # ---- scoring ----------------------------------------------------------------------------------

@@ -43,7 +43,9 @@ class OpenAIRoute(APIRoute):
         return route
 
 
-ERRORS = {code: {"model": OpenAIErrorResponse} for code in (400, 404, 503)}
+# "4XX" rather than a list of codes: it also keeps FastAPI from documenting a 422, which these routes never send
+ERRORS = {"4XX": {"model": OpenAIErrorResponse, "description": "a bad request (400), an unknown model (404), ..."},
+          503: {"model": OpenAIErrorResponse, "description": "overloaded: retry after `Retry-After` seconds"}}
 router = APIRouter(prefix="/v1", tags=["openai"], responses=ERRORS, route_class=OpenAIRoute)
 
 STREAM_DOC = {200: {"description": "JSON, or with `stream: true` server-sent events: `data:` chunks of the same "
@@ -60,7 +62,7 @@ async def completions(body: CompletionRequest, service: CompletionDep):
     return EventSourceResponse(chunks, headers={"X-Context-Used": str(context.used).lower()})
 
 
-@router.post("/chat/completions", status_code=400, responses={400: {"model": OpenAIErrorResponse}})
+@router.post("/chat/completions", status_code=400, response_model=OpenAIErrorResponse)
 async def chat_completions() -> None:
     """Not served: the models are plain language models without a chat template."""
     raise BadRequestError(unsupported_chat_message(), "messages")
