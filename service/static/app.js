@@ -105,7 +105,7 @@ async function refreshModels() {
     select.replaceChildren(...data.map((m) => {
       const option = document.createElement("option");
       option.value = m.name;
-      option.textContent = `${m.name} · ${m.arch} ${fmtCount(m.parameters)}${m.aliases.includes("default") ? " (default)" : ""}`;
+      option.textContent = `${m.name}${m.aliases.includes("default") ? " (default)" : ""} · ${fmtCount(m.parameters)}`;
       return option;
     }));
     const fallback = data.find((m) => m.aliases.includes("default")) || data[0];
@@ -196,7 +196,8 @@ async function suggest() {
   if (typing.controller) typing.controller.abort();  // a newer keystroke makes the pending answer stale
   const controller = typing.controller = new AbortController();
   const keyAt = typing.keyAt || performance.now();
-  if (!text.trim()) {
+  if (!text.trim()) {  // nothing to predict from yet
+    typing.forText = text;
     hideSuggestions();
     return;
   }
@@ -342,7 +343,7 @@ function setupTyping() {
   editor.addEventListener("focus", () => renderSuggestions());
   $("clear-editor").addEventListener("click", () => {
     editor.value = "";
-    Object.assign(typing, { typed: 0, saved: 0 });
+    Object.assign(typing, { typed: 0, saved: 0, forText: "" });
     updateCounts();
     hideSuggestions();
     $("latency").textContent = "–";
@@ -559,49 +560,42 @@ function progressText(job) {
   return parts.join(" · ") || (job.status === "queued" ? "waiting for a worker" : "");
 }
 
-/** A two-series line chart (training loss, validation perplexity; each on its own scale) as inline SVG. */
+/** Training loss and validation perplexity per epoch: two small line charts side by side, as inline SVG. */
 function drawChart(svg, points) {
-  const w = 320, h = 120, pad = 26;
+  const w = 360, h = 120, panel = w / 2, left = 36, right = 10, top = 18, bottom = 18;
   svg.replaceChildren();
   svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
-  if (!points.length) return;
-  const xs = points.map((p) => p.epoch);
-  const x0 = Math.min(...xs), x1 = Math.max(...xs);
-  const x = (e) => (x1 === x0 ? w / 2 : pad + ((e - x0) / (x1 - x0)) * (w - 2 * pad));
-  const series = [["loss", "loss", "series-loss"], ["ppl", "valid ppl", "series-ppl"]];
-  series.forEach(([key, label, cls], row) => {
+  const add = (tag, attrs, text) => {
+    const el = document.createElementNS(SVG, tag);
+    for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+    if (text !== undefined) el.textContent = text;
+    svg.appendChild(el);
+    return el;
+  };
+  const series = [["loss", "training loss", "series-loss", 3], ["ppl", "validation perplexity", "series-ppl", 1]];
+  series.forEach(([key, label, cls, digits], i) => {
+    const x0 = i * panel + left, x1 = (i + 1) * panel - right, y0 = top, y1 = h - bottom;
     const pts = points.filter((p) => p[key] != null && Number.isFinite(p[key]));
+    add("text", { x: i * panel + 4, y: 11, class: `title ${cls}` }, label);
+    add("line", { x1: x0, y1: y1, x2: x1, y2: y1, class: "axis-line" });
+    add("line", { x1: x0, y1: y0, x2: x0, y2: y1, class: "axis-line" });
     if (!pts.length) return;
-    const vs = pts.map((p) => p[key]);
-    const lo = Math.min(...vs), hi = Math.max(...vs);
-    const y = (v) => (hi === lo ? h / 2 : pad / 2 + (1 - (v - lo) / (hi - lo)) * (h - 1.5 * pad));
-    const line = document.createElementNS(SVG, "polyline");
-    line.setAttribute("points", pts.map((p) => `${x(p.epoch)},${y(p[key])}`).join(" "));
-    line.setAttribute("class", cls);
-    svg.appendChild(line);
+    const es = pts.map((p) => p.epoch), vs = pts.map((p) => p[key]);
+    const e0 = Math.min(...es), e1 = Math.max(...es), lo = Math.min(...vs), hi = Math.max(...vs);
+    const x = (e) => (e1 === e0 ? (x0 + x1) / 2 : x0 + ((e - e0) / (e1 - e0)) * (x1 - x0));
+    const y = (v) => (hi === lo ? (y0 + y1) / 2 : y0 + (1 - (v - lo) / (hi - lo)) * (y1 - y0));
+    add("text", { x: x0 - 4, y: y0 + 4, class: "axis", "text-anchor": "end" }, hi.toFixed(digits > 1 ? 2 : 0));
+    if (hi !== lo) add("text", { x: x0 - 4, y: y1, class: "axis", "text-anchor": "end" }, lo.toFixed(digits > 1 ? 2 : 0));
+    add("text", { x: x0, y: h - 4, class: "axis" }, `epoch ${e0}`);
+    if (e1 !== e0) add("text", { x: x1, y: h - 4, class: "axis", "text-anchor": "end" }, String(e1));
+    if (pts.length > 1) add("polyline", { points: pts.map((p) => `${x(p.epoch)},${y(p[key])}`).join(" "), class: cls });
     for (const p of pts) {
-      const dot = document.createElementNS(SVG, "circle");
-      Object.entries({ cx: x(p.epoch), cy: y(p[key]), r: 3, class: cls }).forEach(([k, v]) => dot.setAttribute(k, v));
+      const dot = add("circle", { cx: x(p.epoch), cy: y(p[key]), r: 3, class: cls });
       const tip = document.createElementNS(SVG, "title");
-      tip.textContent = `epoch ${p.epoch}: ${label} ${p[key].toFixed(key === "loss" ? 3 : 1)}`;
+      tip.textContent = `epoch ${p.epoch}: ${label} ${p[key].toFixed(digits)}`;
       dot.appendChild(tip);
-      svg.appendChild(dot);
     }
-    const legend = document.createElementNS(SVG, "text");
-    legend.setAttribute("x", row ? w - 4 : 4);
-    legend.setAttribute("y", h - 4);
-    legend.setAttribute("text-anchor", row ? "end" : "start");
-    legend.setAttribute("class", cls);
-    legend.textContent = `${label} ${vs[vs.length - 1].toFixed(key === "loss" ? 2 : 1)}`;
-    svg.appendChild(legend);
   });
-  const axis = document.createElementNS(SVG, "text");
-  axis.setAttribute("x", w / 2);
-  axis.setAttribute("y", h - 4);
-  axis.setAttribute("text-anchor", "middle");
-  axis.setAttribute("class", "axis");
-  axis.textContent = x1 === x0 ? `epoch ${x0}` : `epochs ${x0}–${x1}`;
-  svg.appendChild(axis);
 }
 
 function jobItem(job) {

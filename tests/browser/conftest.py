@@ -38,7 +38,9 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
+# Module scope: Playwright's sync API runs an event loop of its own, which must be gone before any
+# later (anyio) test module starts one.
+@pytest.fixture(scope="module")
 def browser():
     try:
         from playwright.sync_api import sync_playwright
@@ -113,10 +115,12 @@ def launch(tmp_path, proc_tools) -> Iterator[Callable[..., Server]]:
         proc_tools.stop(srv.proc)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def server(browser, tmp_path_factory, data_root, proc_tools) -> Iterator[Server]:
     """One server (with a training worker) for the browser tests that leave it running."""
-    srv = start_server(tmp_path_factory.mktemp("page-server"), proc_tools, worker=True, data_root=data_root)
+    # a long generation (max_tokens up to 5000) leaves the test time to press Stop on any machine
+    srv = start_server(tmp_path_factory.mktemp("page-server"), proc_tools, worker=True, data_root=data_root,
+                       max_tokens="5000")
     try:
         yield srv
     finally:

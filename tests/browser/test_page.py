@@ -96,7 +96,7 @@ def test_generation_streams_and_stops(server, open_page, artifacts):
     expect(page.locator("#gen-status")).to_contain_text("5 tokens")
     expect(page.locator("#gen-output .generated")).not_to_be_empty()
 
-    page.locator("#gen-max").fill("512")
+    page.locator("#gen-max").fill("5000")
     page.locator("#gen-seed").fill("")
     page.get_by_role("button", name="Generate").click()
     expect(page.locator("#gen-stop")).to_be_enabled()
@@ -106,9 +106,13 @@ def test_generation_streams_and_stops(server, open_page, artifacts):
     status = page.locator("#gen-status")
     expect(status).to_have_attribute("data-state", "stopped")
     stopped_at = int(re.search(r"(\d+) tokens", status.inner_text()).group(1))
-    assert stopped_at < 512
+    assert stopped_at < 5000
     expect(page.locator("#gen-stop")).to_be_disabled()
     expect(page.locator("#gen-start")).to_be_focused()
+    # a limit the server enforces comes back as its message
+    page.locator("#gen-max").fill("5001")
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#gen-error")).to_have_text(re.compile(r"^max_tokens\b.*\b5000\b"))
 
 
 def test_a_submitted_job_trains_and_its_model_joins_the_picker(server, data_root, open_page, artifacts):
