@@ -10,11 +10,13 @@ when
 - `limit` requests are already running.
 
 The limit follows measured latency, after Netflix's concurrency-limits (Gradient2): each request
-that ran on a loaded server compares its latency with its route's unloaded latency; while the
-ratio stays under `tolerance` the limit grows by about its square root, above it the limit
-shrinks by the same ratio. So the limit settles where admitted requests take about `tolerance`
-times their unloaded latency, whatever the hardware, model or mix of routes. The micro-batcher's
-`max_queue` stays as the per-model backstop (with admission off, or a limit above it).
+that ran on a loaded server compares its latency with its route's unloaded latency (learnt from
+requests that ran alone or beside one other); while the ratio stays under `tolerance` the limit
+grows by about its square root, above it the limit shrinks by the same ratio, and it shrinks too
+while requests wait longer than a quarter of `admission_max_wait_ms` to be read (an event loop
+behind, or a GIL shared by too many model threads). So the limit settles where admitted requests
+take a few times their unloaded latency, whatever the hardware, model or mix of routes. The
+micro-batcher's `max_queue` stays as the per-model backstop (with admission off, or a limit above it).
 """
 from __future__ import annotations
 
@@ -35,13 +37,14 @@ RECEIVED_AT = "rnnlm.received_at"  # scope["extensions"] key: loop.time() when t
 class GradientLimit:
     """A concurrency limit that adapts to latency. Runs on the event loop only: no locks."""
 
-    def __init__(self, initial: int, min_limit: int, max_limit: int, tolerance: float = 2.0,
-                 smoothing: float = 0.2) -> None:
+    def __init__(self, initial: int, min_limit: int, max_limit: int, tolerance: float = 3.0,
+                 wait_target_s: float = 0.025, smoothing: float = 0.2) -> None:
         self.min_limit, self.max_limit = min_limit, max(min_limit, max_limit)
-        self.tolerance, self.smoothing = tolerance, smoothing
+        self.tolerance, self.wait_target_s, self.smoothing = tolerance, wait_target_s, smoothing
         self.limit = float(self._clamp(initial))
         self.in_flight = 0
         self.ratio = 1.0  # short-term average of latency / unloaded latency (~10 requests)
+        self.wait_s = 0.0  # short-term average of the time requests waited to be read (~10 requests)
         self._baselines: dict[str, float] = {}  # unloaded latency per route, seconds
 
     def _clamp(self, value: float) -> float:
@@ -50,6 +53,11 @@ class GradientLimit:
     @property
     def full(self) -> bool:
         return self.in_flight >= int(self.limit)
+
+    def observe_wait(self, waited_s: float) -> None:
+        """How long a request waited between the server parsing it and the app seeing it: a busy event
+        loop (or a GIL shared with too many model threads) shows here before it shows in latency."""
+        self.wait_s += (waited_s - self.wait_s) * 0.1
 
     def try_acquire(self) -> int | None:
         """Take a slot: the number of requests that were running, or None when the limit is reached."""
@@ -63,21 +71,23 @@ class GradientLimit:
         self.in_flight -= 1
         if latency_s is None or latency_s <= 0:
             return
-        # Gradient2's "app-limited" test: with under half the limit in use, the limit was not what
-        # bounded this request, so its latency is an unloaded one and says nothing about the limit.
-        unloaded = running_at_start < self.limit / 2
+        # The unloaded latency is learnt from requests that ran alone or beside one other, and from
+        # faster ones: a loaded server must not learn its loaded latency as normal.
         base = self._baselines.get(key)
         if base is None:
             base = latency_s
-        elif unloaded:
+        elif running_at_start <= 1 or latency_s < base:
             base += (latency_s - base) * 0.05
-        elif latency_s < base:  # a loaded server must not learn its loaded latency as normal: only down
-            base += (latency_s - base) * 0.01
         self._baselines[key] = base
         self.ratio += (latency_s / base - self.ratio) * 0.1
-        if unloaded:
+        # Gradient2's "app-limited" test: with under half the limit in use, the limit was not what
+        # bounded this request, so its latency says nothing about the limit.
+        if running_at_start < self.limit / 2:
             return
-        gradient = max(0.5, min(1.0, self.tolerance / self.ratio))
+        gradient = self.tolerance / self.ratio
+        if self.wait_s > self.wait_target_s:
+            gradient = min(gradient, self.wait_target_s / self.wait_s)
+        gradient = max(0.5, min(1.0, gradient))
         target = self.limit * gradient + math.sqrt(self.limit)
         self.limit = self._clamp(self.limit * (1 - self.smoothing) + target * self.smoothing)
 
@@ -128,8 +138,9 @@ class AdmissionMiddleware:
         self.max_wait_s = settings.admission_max_wait_ms / 1000
         self.retry_after_s = settings.admission_retry_after_s
         self.limiter = GradientLimit(settings.admission_initial_limit, settings.admission_min_limit,
-                                     settings.admission_max_limit, settings.admission_tolerance)
-        metrics.ADMISSION_LIMIT.set(int(self.limiter.limit))
+                                     settings.admission_max_limit, settings.admission_tolerance,
+                                     wait_target_s=self.max_wait_s / 4)
+        metrics.ADMISSION_LIMIT.set(int(self.limiter.limit) if self.enabled else 0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.enabled or not covered(scope):
@@ -137,10 +148,13 @@ class AdmissionMiddleware:
             return
         loop = asyncio.get_running_loop()
         received_at = scope.get("extensions", {}).get(RECEIVED_AT)
-        if received_at is not None and (waited := loop.time() - received_at) > self.max_wait_s:
-            await self._refuse(scope, send, "wait", f"the server is overloaded (this request waited {waited * 1000:.0f} ms "
-                                             "before it could be read)")
-            return
+        if received_at is not None:
+            waited = loop.time() - received_at
+            self.limiter.observe_wait(waited)
+            if waited > self.max_wait_s:
+                await self._refuse(scope, send, "wait", f"the server is overloaded (this request waited "
+                                                        f"{waited * 1000:.0f} ms before it could be read)")
+                return
         if self.limiter.full:
             await self._refuse(scope, send, "limit", self._busy())
             return
