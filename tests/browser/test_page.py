@@ -142,6 +142,17 @@ def test_a_submitted_job_trains_and_its_model_joins_the_picker(server, data_root
     expect(page.locator("#model")).to_have_value("page-tiny")
     expect(page.get_by_role("tab", name="Type")).to_be_focused()
 
+    # a long job, cancelled from its Cancel button (queued: at once; running: at its next step)
+    page.get_by_role("tab", name="Train").click()
+    page.locator("#job-name").fill("page-long")
+    page.locator("#job-epochs").fill("1000")
+    page.locator("#job-train-tokens").fill("")
+    page.get_by_role("button", name="Submit job").click()
+    long_job = page.locator('#jobs li[data-status]', has_text="page-long")
+    long_job.get_by_role("button", name="Cancel job page-long").click()
+    expect(long_job).to_have_attribute("data-status", "cancelled", timeout=60_000)
+    expect(long_job.get_by_role("button")).to_have_count(0)
+
 
 def test_keyboard_only_and_phone_width(server, open_page, artifacts):
     run = open_page(f"{server.url}/", width=390, height=844)
@@ -167,10 +178,20 @@ def test_keyboard_only_and_phone_width(server, open_page, artifacts):
     page.screenshot(path=artifacts / "page-phone.png", full_page=True)
 
 
-def test_errors_from_the_server_and_a_stopped_server_are_shown(launch, proc_tools, open_page):
-    own = launch(models=("student",), max_text_chars="30")
-    run = open_page(f"{own.url}/")
+def test_errors_from_the_server_and_a_stopped_server_are_shown(launch, proc_tools, open_page, data_root):
+    own = launch(models=("student",), max_text_chars="30", api_key="page-key", data_root=data_root)
+    run = open_page(f"{own.url}/#train")
     page = ready(run, own.url)
+    # jobs need the key: the page says so, and a wrong key gets the server's 401 message
+    expect(page.locator("#jobs-note")).to_contain_text("needs an API key")
+    page.locator("#job-data").fill(str(data_root / "wt2-400"))
+    page.locator("#job-key").fill("wrong")
+    page.get_by_role("button", name="Submit job").click()
+    expect(page.locator("#job-error")).to_contain_text("API key")
+    page.locator("#job-key").fill("page-key")
+    expect(page.locator("#jobs-note")).to_have_text("No jobs yet.")
+
+    page.get_by_role("tab", name="Type").click()
     editor = page.locator("#editor")
     editor.click()
     editor.press_sequentially("The song was a hit in", delay=20)
