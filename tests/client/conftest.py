@@ -1,10 +1,12 @@
 """A real `rnnlm serve --with-worker` on a free loopback port, serving a copy of the shipped models."""
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -37,3 +39,13 @@ def served(tmp_path_factory: pytest.TempPathFactory, data_root: Path, proc_tools
         yield SimpleNamespace(url=url, api_key=API_KEY, checkpoints=checkpoints, data_root=data_root, log=log)
     finally:
         proc_tools.stop(proc, timeout_s=60)
+
+
+@pytest.fixture(scope="session")
+def run_async() -> Callable[[Coroutine], object]:
+    """`run_async(coro)`: run a coroutine to its end on a fresh event loop in its own thread (another test's
+    library, e.g. Playwright's sync API, may keep a loop running in this one)."""
+    def run(coro: Coroutine) -> object:
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, coro).result()
+    return run

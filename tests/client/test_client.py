@@ -78,7 +78,7 @@ def test_next_word_and_generation(client: Client) -> None:
     assert sorted({c.index for c in two}) == [0, 1]
 
 
-def test_async_client(served) -> None:
+def test_async_client(served, run_async) -> None:
     async def main() -> None:
         async with AsyncClient(served.url, api_key=served.api_key, timeout=120) as client:
             assert (await client.health()).status == "ok"
@@ -98,7 +98,7 @@ def test_async_client(served) -> None:
             assert err.value.param == "texts"
             assert isinstance(await client.jobs.list(), list)
 
-    asyncio.run(main())
+    run_async(main())
 
 
 def test_errors_are_typed(client: Client, served, free_port) -> None:

@@ -3,7 +3,6 @@ resent after a broken connection, headers, defaults from the environment, error 
 and wait() on jobs that fail."""
 from __future__ import annotations
 
-import asyncio
 import json
 
 import httpx
@@ -171,7 +170,7 @@ def test_wait_reports_each_change_and_raises_on_failure() -> None:
     assert [j.status for j in client.jobs.follow("j1")] == ["running", "succeeded"]
 
 
-def test_async_client_retries_and_waits() -> None:
+def test_async_client_retries_and_waits(run_async) -> None:
     async def main() -> None:
         script = Script(busy("3"), httpx.Response(200, json=SCORED), job("running", 1), job("succeeded", 3))
         client = AsyncClient("http://rnnlm.test", transport=httpx.MockTransport(script))
@@ -186,4 +185,4 @@ def test_async_client_retries_and_waits() -> None:
         assert finished.status == "succeeded" and slept == [3.0, 0.25]
         await client.aclose()
 
-    asyncio.run(main())
+    run_async(main())
