@@ -285,40 +285,36 @@ def run(args: argparse.Namespace, stdout: IO[str] | None = None, stderr: IO[str]
         print("rnnlm score: error: give --model DIR (a model folder), or --url URL to score through a server",
               file=stderr)
         return EXIT_USAGE
-    close = None
-    if args.url is not None:
-        try:
-            scorer, name, close = remote_scorer(args.url, args.model, args.add_eos, args.context, args.api_key)
-        except ClientError as exc:
-            print(f"rnnlm score: error: {exc}", file=stderr)
-            return EXIT_ERROR
-    else:
-        scorer, name = local_scorer(args.model, args.add_eos, args.context)
-    source = sys.stdin.buffer if args.input == "-" else open(args.input, "rb")
-    size = None if args.input == "-" else os.fstat(source.fileno()).st_size
-    bar = tqdm(total=size, unit="B", unit_scale=True, desc="scoring", file=stderr,
-               disable=args.quiet or not stderr.isatty())
-    total = Summary()
-
-    def bad(line: BadLine) -> None:
-        total.skipped += 1
-        bar.clear()
-        print(f"rnnlm score: {where}:{line.number}: {line.reason} (skipped)", file=stderr)
-
     where = "<stdin>" if args.input == "-" else args.input
-    writer = Writer(stdout, args.format, args.log10, args.words)
+    source = sys.stdin.buffer if args.input == "-" else open(args.input, "rb")  # before a model is loaded
+    close = None
     try:
-        for score in score_stream(read_lines(source, args.max_chars), scorer, args.batch_size, bad, bar.update):
-            writer.line(score)
-            total.add(score)
+        if args.url is not None:
+            scorer, name, close = remote_scorer(args.url, args.model, args.add_eos, args.context, args.api_key)
+        else:
+            scorer, name = local_scorer(args.model, args.add_eos, args.context)
+        size = None if args.input == "-" else os.fstat(source.fileno()).st_size
+        bar = tqdm(total=size, unit="B", unit_scale=True, desc="scoring", file=stderr,
+                   disable=args.quiet or not stderr.isatty())
+        total = Summary()
+
+        def bad(line: BadLine) -> None:
+            total.skipped += 1
+            bar.clear()
+            print(f"rnnlm score: {where}:{line.number}: {line.reason} (skipped)", file=stderr)
+
+        writer = Writer(stdout, args.format, args.log10, args.words)
+        with bar:
+            for score in score_stream(read_lines(source, args.max_chars), scorer, args.batch_size, bad, bar.update):
+                writer.line(score)
+                total.add(score)
     except ClientError as exc:
         print(f"rnnlm score: error: {exc}", file=stderr)
         return EXIT_ERROR
     except BrokenPipeError:  # `rnnlm score ... | head`: the reader has what it wanted
-        sys.stderr = open(os.devnull, "w")  # noqa: SIM115  (Python flushes stdout again at exit)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python flushes stdout again at exit
         return EXIT_OK
     finally:
-        bar.close()
         if source is not sys.stdin.buffer:
             source.close()
         if close is not None:
