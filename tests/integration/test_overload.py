@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -99,8 +100,6 @@ def test_a_stalled_request_is_closed_after_the_read_timeout(server: str, payload
 
 def test_a_client_that_trickles_its_request_is_closed_too(server: str) -> None:
     """The timeout bounds the whole request, not the gap between bytes."""
-    import time
-
     with socket.create_connection(("127.0.0.1", _port(server))) as sock:
         sock.settimeout(30)
         closed = False
