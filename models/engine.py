@@ -145,6 +145,7 @@ class StreamEvent:
     logprob: float | None
     finish_reason: str | None = None
     top: Alternatives | None = None  # with GenerationParams.logprobs: the most probable tokens at this step
+    # A final event has no token; with finish_reason "eos", `logprob` (and `top`) are those of <eos>.
 
 
 class Engine:
@@ -416,8 +417,9 @@ class Engine:
             still = []
             for i in active:
                 tok_id = int(choice[i])
-                if tok_id == self.vocab.eos:
-                    yield StreamEvent(i, None, detokenize(out[i]), None, "eos")
+                if tok_id == self.vocab.eos:  # the end's own log-probability rides on the final event
+                    yield StreamEvent(i, None, detokenize(out[i]), float(chosen_logp[i]), "eos",
+                                      top=best[i] if best else None)
                     continue
                 token = self.vocab.itos[tok_id]
                 out[i].append(token)

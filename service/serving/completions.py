@@ -205,19 +205,23 @@ class CompletionService:
         return context, _stream_chunks(engine, context, body, prompts, echoes, params)
 
 
-def _apply(state: ChoiceState, event: StreamEvent) -> None:
+def _apply(state: ChoiceState, event: StreamEvent) -> str | None:
+    """Add an event to its choice; the token it scored (<eos> on an "eos" finish, as vLLM lists it), if any."""
+    token = event.token if event.finish_reason is None else EOS if event.finish_reason == "eos" else None
     if event.finish_reason is not None:
         state.finish, state.text = _FINISH[event.finish_reason], event.text
-        return
-    state.tokens.append(event.token)
-    state.logprobs.append(event.logprob)
-    state.top.append(_alternatives(event, event.token, event.logprob))
-    state.text = event.text
+    else:
+        state.text = event.text
+    if token is not None:
+        state.tokens.append(token)
+        state.logprobs.append(event.logprob)
+        state.top.append(_alternatives(event, token, event.logprob))
+    return token
 
 
 def _lead(prompt: Prompt, state: ChoiceState) -> str:
     """The separator between the prompt and this choice's completion."""
-    first = state.tokens[0] if state.tokens else (state.text.split()[0] if state.text.strip() else None)
+    first = next((t for t in state.tokens if t != EOS), None) or (state.text.split()[0] if state.text.strip() else None)
     return separator(prompt.words, first)
 
 
@@ -273,23 +277,21 @@ async def _stream_chunks(engine: Engine, context: ResolvedContext, body: Complet
             try:
                 while (event := await run_in_threadpool(next, events, None)) is not None:
                     state = states[event.index]
-                    _apply(state, event)
+                    token = _apply(state, event)
                     head = prompt.text if body.echo else ""
                     full = head + (_lead(prompt, state) + state.text if state.text else "")
                     delta = full[len(sent[event.index]):] if full.startswith(sent[event.index]) else ""
                     start = len(sent[event.index])
                     sent[event.index] = max(full, sent[event.index], key=len)
-                    if event.finish_reason is not None:
-                        yield chunk(base + event.index, delta, None, state.finish)
-                        continue
-                    generated += 1
-                    counter.inc()
                     lp = None
-                    if want_logprobs:
-                        found = offsets(full, [event.token], start=start)
-                        lp = CompletionLogprobs(tokens=[event.token], token_logprobs=[event.logprob],
-                                                top_logprobs=[state.top[-1]], text_offset=found)
-                    yield chunk(base + event.index, delta, lp)
+                    if token is not None:
+                        generated += 1
+                        counter.inc()
+                        if want_logprobs:
+                            lp = CompletionLogprobs(tokens=[token], token_logprobs=[event.logprob],
+                                                    top_logprobs=[state.top[-1]],
+                                                    text_offset=offsets(full, [token], start=start))
+                    yield chunk(base + event.index, delta, lp, state.finish if event.finish_reason else None)
             finally:
                 events.close()
         if body.stream_options is not None and body.stream_options.include_usage:

@@ -68,7 +68,8 @@ async def _chunks(model: str, events: Iterator[StreamEvent], event: StreamEvent 
         while event is not None:
             if event.token is not None:
                 generated.inc()
-            yield json.dumps({k: v for k, v in asdict(event).items() if k != "top"})
+            chunk = {k: v for k, v in asdict(event).items() if k != "top"}
+            yield json.dumps(chunk if event.token is not None else chunk | {"logprob": None})
             event = await run_in_threadpool(next, events, None)
         yield DONE
     except RNNLMError as exc:  # headers are sent: report in-band and end the stream
