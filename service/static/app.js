@@ -231,7 +231,7 @@ async function suggest() {
 
 function renderSuggestions() {
   const list = $("suggestions"), editor = $("editor");
-  list.dataset.for = typing.forText;
+  list.dataset.for = typing.forText ?? "";
   if (!typing.items.length || typing.dismissed || document.activeElement !== editor) {
     list.hidden = true;
     editor.removeAttribute("aria-activedescendant");
@@ -284,9 +284,14 @@ function accept(i) {
   const editor = $("editor"), p = typing.items[i];
   if (!p) return;
   const caret = editor.selectionStart, before = editor.value.slice(0, caret);
-  const partial = typing.completing !== null ? before.match(/\S*$/)[0] : "";
+  let partial = "";  // the half-typed word the suggestion replaces
+  if (typing.completing !== null) {
+    const last = before.match(/\S*$/)[0], done = typing.completing;
+    partial = last.toLowerCase().endsWith(done.toLowerCase()) ? last.slice(last.length - done.length)
+      : last.match(/\w*$/)[0];  // typed on since this answer: the word as it is now
+  }
   const start = caret - partial.length;
-  const needsSpace = start > 0 && !/\s/.test(editor.value[start - 1]);
+  const needsSpace = !partial && start > 0 && !/\s/.test(editor.value[start - 1]);  // "London," + next word
   const insert = `${needsSpace ? " " : ""}${p.word} `;
   editor.setRangeText(insert, start, caret, "end");
   typing.typed += 1;  // the Tab or click
@@ -311,6 +316,7 @@ function setupTyping() {
   editor.addEventListener("input", () => {
     typing.typed += 1;
     typing.dismissed = false;
+    typing.acceptWhenReady = false;  // a Tab pressed before the answer came is overtaken by this key
     typing.keyAt = performance.now();
     updateCounts();
     scheduleSuggest();

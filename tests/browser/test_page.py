@@ -47,6 +47,12 @@ def test_typing_completes_a_word_and_tab_accepts_it(server, open_page, artifacts
     editor.press("Escape")
     expect(page.locator("#suggestions")).to_be_hidden()
 
+    # after punctuation the next word is offered, and goes after a space
+    editor.press_sequentially("in Japan,", delay=20)
+    expect(page.locator('#suggestions[data-for="The album was released in Japan,"] li').first).to_be_visible()
+    editor.press("Tab")
+    expect(editor).to_have_value(re.compile(r"^The album was released in Japan, \S+ $"))
+
 
 def test_switching_the_model_changes_the_suggestions(server, open_page):
     text = "He was born in Lon"
