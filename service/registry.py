@@ -2,7 +2,9 @@
 
 A watcher thread polls the folder; a new or changed model folder is loaded beside the one being
 served and swapped in under a lock, so a request sees either the old engine or the new one. A
-folder that fails to load is logged, counted and skipped; a previous version keeps serving.
+folder that fails to load is logged, counted and skipped; a previous version keeps serving. A name
+with versions serves the one its `current` pointer names (models/versions.py); a promotion or a
+rollback elsewhere (the worker, another API process, `rnnlm models`) is picked up on the next scan.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 from models.checkpoint import CONFIG, VOCAB, WEIGHTS, load_model, valid_name
 from models.engine import Engine
 from models.errors import CheckpointError
+from models.versions import POINTER, current_folder
 from service import metrics
 from service.errors import ModelNotFoundError
 from service.settings import Settings
@@ -35,6 +38,21 @@ def folder_stamp(folder: Path) -> Stamp:
         else:
             out.append((st.st_mtime_ns, st.st_size, st.st_ino))
     return tuple(out)
+
+
+def model_stamp(folder: Path) -> Stamp:
+    """folder_stamp of the version being served, and the stamp of the version pointer: a promotion or a
+    rollback (the pointer replaced) is a change."""
+    try:
+        served = current_folder(folder)
+    except CheckpointError:  # a broken pointer: loading says why
+        served = folder
+    try:
+        st = (folder / POINTER).stat()
+        pointer = (st.st_mtime_ns, st.st_size, st.st_ino)
+    except OSError:
+        pointer = None
+    return (*folder_stamp(served), pointer)
 
 
 def _recent(path: Path, seconds: float = 60.0) -> bool:
@@ -112,11 +130,11 @@ class ModelRegistry:
         with self._scan_lock:
             found, swapping = self._candidates()
             for name, path in sorted(found.items()):
-                stamp = folder_stamp(path)
+                stamp = model_stamp(path)
                 if stamp == self._stamps.get(name) or stamp == self._failed.get(name):
                     continue
                 try:
-                    engine = self._engine(path, name)
+                    engine = self._engine(current_folder(path), name)  # the version its pointer names
                 except CheckpointError as exc:
                     self._failed[name] = stamp
                     metrics.MODEL_LOAD_FAILURES.inc()
