@@ -29,13 +29,21 @@ from pathlib import Path
 
 from models.checkpoint import CONFIG, VOCAB, read_config
 from models.data import sha256
-from models.errors import CheckpointError
+from models.errors import CheckpointError, RNNLMError
 
 VERSIONS, POINTER, RECORD, LOCK = "versions", "current", "version.json", ".lock"
 
 
-class VersionError(CheckpointError):
-    """No such version, nothing to roll back to, or a broken pointer."""
+class VersionError(RNNLMError):
+    """A promotion or rollback that cannot be done as asked (e.g. nothing to roll back to)."""
+
+    param: str | None = None
+
+
+class VersionNotFound(VersionError):
+    """The model has no version of this number."""
+
+    param = "version"
 
 
 class PromotionRefused(VersionError):
@@ -105,13 +113,13 @@ def read_pointer(model_dir: str | Path) -> dict:
     except FileNotFoundError:
         return {"version": 1, "previous": []}
     except OSError as exc:
-        raise VersionError(f"cannot read {path}: {exc}") from None
+        raise CheckpointError(f"cannot read {path}: {exc}") from None
     try:
         pointer = json.loads(text)
         if not isinstance(pointer.get("version"), int) or pointer["version"] < 1:
             raise ValueError("no version number")
     except (ValueError, AttributeError) as exc:
-        raise VersionError(f"{path} is not a version pointer: {exc}") from None
+        raise CheckpointError(f"{path} is not a version pointer: {exc}") from None
     pointer.setdefault("previous", [])
     return pointer
 
@@ -121,18 +129,18 @@ def current_version(model_dir: str | Path) -> int:
 
 
 def current_folder(model_dir: str | Path) -> Path:
-    """The folder of the version being served; raises VersionError if the pointer names a missing one."""
+    """The folder of the version being served; raises CheckpointError if the pointer names a missing one."""
     number = current_version(model_dir)
     folder = version_folder(model_dir, number)
     if not (folder / CONFIG).is_file():
-        raise VersionError(f"{Path(model_dir) / POINTER} names version {number}, which does not exist")
+        raise CheckpointError(f"{Path(model_dir) / POINTER} names version {number}, which does not exist")
     return folder
 
 
 def read_version(model_dir: str | Path, number: int) -> Version:
     folder = version_folder(model_dir, number)
     if not (folder / CONFIG).is_file():
-        raise VersionError(f"model {Path(model_dir).name!r} has no version {number}")
+        raise VersionNotFound(f"model {Path(model_dir).name!r} has no version {number}")
     config = read_config(folder)
     try:
         record = json.loads((folder / RECORD).read_text())
@@ -159,7 +167,7 @@ def list_versions(model_dir: str | Path) -> list[Version]:
     """Every version of a model, oldest first."""
     model_dir = Path(model_dir)
     if not (model_dir / CONFIG).is_file():
-        raise VersionError(f"no model folder {model_dir}")
+        raise VersionNotFound(f"no model folder {model_dir}")
     return [read_version(model_dir, n) for n in _numbers(model_dir)]
 
 
@@ -273,7 +281,7 @@ def publish(model_dir: str | Path, src: str | Path, source: dict | None = None) 
     with locked(model_dir):
         numbers = _numbers(model_dir)
         if not numbers:
-            raise VersionError(f"{model_dir} exists but holds no model")
+            raise CheckpointError(f"{model_dir} exists but holds no model")
         number = max(numbers) + 1
         versions = model_dir / VERSIONS
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=versions))

@@ -17,7 +17,8 @@ from service.jobs import JobStore
 from service.metrics import JobCounts, MetricsMiddleware
 from service.registry import ModelRegistry
 from service.routes import generate, health, jobs, models, openai, page, score
-from service.serving import CompletionService, GenerationService, JobService, NextWordService, ScoringService
+from service.serving import (CompletionService, GenerationService, JobService, ModelService, NextWordService,
+                             ScoringService)
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.generation = GenerationService(registry, settings)
     app.state.completions = CompletionService(registry, batcher, settings)
     app.state.job_service = JobService(app.state.jobs, settings)
+    app.state.model_service = ModelService(registry, settings)
     job_counts: JobCounts | None = JobCounts(app.state.jobs)  # rnnlm_jobs{status}, read from the db per scrape
     try:
         REGISTRY.register(job_counts)

@@ -9,7 +9,8 @@ from fastapi import Depends, Request
 from service.errors import AuthenticationError, PermissionDeniedError
 from service.jobs import JobStore
 from service.registry import ModelRegistry
-from service.serving import CompletionService, GenerationService, JobService, NextWordService, ScoringService
+from service.serving import (CompletionService, GenerationService, JobService, ModelService, NextWordService,
+                             ScoringService)
 from service.settings import Settings
 
 
@@ -47,6 +48,10 @@ async def get_completions(request: Request) -> CompletionService:
     return request.app.state.completions
 
 
+async def get_model_service(request: Request) -> ModelService:
+    return request.app.state.model_service
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 JobStoreDep = Annotated[JobStore, Depends(get_job_store)]
@@ -55,6 +60,7 @@ NextWordDep = Annotated[NextWordService, Depends(get_next_word)]
 GenerationDep = Annotated[GenerationService, Depends(get_generation)]
 JobServiceDep = Annotated[JobService, Depends(get_job_service)]
 CompletionDep = Annotated[CompletionService, Depends(get_completions)]
+ModelServiceDep = Annotated[ModelService, Depends(get_model_service)]
 
 
 async def require_api_key(request: Request, settings: SettingsDep) -> None:

@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.errors import CheckpointError, InputError
+from models.versions import PromotionRefused, VersionError, VersionNotFound
 from service.jobs import JobConflict, JobNotFound
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,9 @@ DOMAIN_ERRORS: dict[type[Exception], tuple[int, str]] = {
     JobNotFound: (404, "job_not_found"),
     ConflictError: (409, "conflict"),
     JobConflict: (409, "conflict"),
+    VersionNotFound: (404, "version_not_found"),
+    PromotionRefused: (409, "promotion_refused"),
+    VersionError: (409, "conflict"),
     InputError: (422, "invalid_request_error"),
     QueueFullError: (503, "overloaded"),
     CheckpointError: (503, "model_unavailable"),

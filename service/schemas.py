@@ -104,6 +104,7 @@ class ModelCard(BaseModel):
     tokenizer: str | None = Field(None, description="text normalisation style (wikitext, ptb, none)")
     metrics: dict[str, Any] = Field(default_factory=dict, description="measured perplexities etc.")
     provenance: dict[str, Any] = Field(default_factory=dict, description="corpus, checksum, epochs, seed, ...")
+    version: int | None = Field(None, description="the version being served (GET /v1/models/{name} lists them)")
 
     model_config = ConfigDict(json_schema_extra={"examples": [MODEL_CARD_EXAMPLE]})
 
@@ -113,6 +114,53 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"object": "list", "data": [MODEL_CARD_EXAMPLE]}]})
+
+
+# ---- model versions ---------------------------------------------------------------------------
+MODEL_VERSIONS_EXAMPLE = [
+    {"version": 1, "created": 1796083200, "current": False, "valid_ppl": 120.9148, "test_ppl": 115.9719,
+     "provenance": {"corpus": "wikitext-2", "corpus_sha256": "9e9fa1ad55b1", "epochs": 22, "seed": 1234},
+     "source": {}, "promoted": True, "reason": None},
+    {"version": 2, "created": 1796090400, "current": True, "valid_ppl": 118.2, "test_ppl": 113.9,
+     "provenance": {"corpus": "wikitext-2", "corpus_sha256": "9e9fa1ad55b1", "epochs": 3, "seed": 1},
+     "source": {"job": "3f2c9a0e", "type": "train"}, "promoted": True,
+     "reason": "validation perplexity 118.20 is no worse than version 1's 120.91"},
+    {"version": 3, "created": 1796094000, "current": False, "valid_ppl": 3737.4, "test_ppl": 3690.1,
+     "provenance": {"corpus": "wikitext-2", "corpus_sha256": "9e9fa1ad55b1", "epochs": 1, "seed": 1},
+     "source": {"job": "8b1d4f77", "type": "train"}, "promoted": False,
+     "reason": "validation perplexity 3737.40 is worse than version 2's 118.20"}]
+
+
+class ModelVersion(BaseModel):
+    version: int = Field(description="1 is the model folder's own files; later ones come from jobs")
+    created: int = Field(description="when it was published (Unix seconds)")
+    current: bool = Field(description="whether this version is the one served under the name")
+    valid_ppl: float | None = Field(None, description="validation perplexity, what the promotion gate compares")
+    test_ppl: float | None = None
+    provenance: dict[str, Any] = Field(default_factory=dict, description="corpus, its sha256, epochs, seed, ...")
+    source: dict[str, Any] = Field(default_factory=dict, description="the job that made it (id, type), if any")
+    promoted: bool = Field(description="whether the promotion gate let it be served when it was published")
+    reason: str | None = Field(None, description="the gate's reason: why it was promoted or, above all, why not")
+
+
+class ModelDetail(ModelCard):
+    """A model's card with all its versions, oldest first."""
+    versions: list[ModelVersion]
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {**MODEL_CARD_EXAMPLE, "version": 2, "versions": MODEL_VERSIONS_EXAMPLE}]})
+
+
+class PromoteRequest(Request):
+    force: bool = Field(False, description="serve the version even if the promotion gate refuses it")
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"force": False}, {"force": True}]})
+
+
+class RollbackRequest(Request):
+    version: int | None = Field(None, ge=1, description="the version to serve; default: the one served before")
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{}, {"version": 1}]})
 
 
 # ---- scoring ----------------------------------------------------------------------------------
@@ -367,7 +415,8 @@ class JobRequest(Request):
     save_dtype: SaveDtype = _TRAIN["save_dtype"]
     init: ModelFolderName | None = Field(None, description="start from this served model's weights, architecture "
                                          "and vocabulary (a new run; the size fields are ignored)")
-    overwrite: bool = Field(False, description="replace an existing model of this name when the job succeeds")
+    overwrite: bool = Field(False, description="add a new version to an existing model of this name; it is "
+                            "served only if it passes the promotion gate (see GET /v1/models/{name})")
     teacher: ModelFolderName | None = Field(None, validate_default=True,
                                             description="distill jobs: the teacher model's name")
     temperature: float | None = Field(None, le=100, validate_default=True, description="distill jobs")

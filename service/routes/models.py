@@ -1,33 +1,19 @@
-"""The models being served."""
+"""The models being served, and their versions (promote and rollback behind the API key)."""
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Body, Path
 
-from models.checkpoint import CONFIG
-from models.engine import Engine
-from service.deps import RegistryDep
+from service.deps import ApiKeyDep, ModelServiceDep, RegistryDep
 from service.metrics import label_model
-from service.registry import ModelRegistry
-from service.schemas import ErrorResponse, ModelCard, ModelList
+from service.schemas import ErrorResponse, ModelDetail, ModelList, PromoteRequest, RollbackRequest
+from service.serving.models import model_card
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
-
-def model_card(registry: ModelRegistry, engine: Engine) -> ModelCard:
-    """The project's card of a model, with OpenAI's `id`, `object`, `created` and `owned_by`."""
-    info = {k: v for k, v in engine.info().items() if k in ModelCard.model_fields}
-    return ModelCard(**info, id=engine.name, created=written_at(engine), aliases=registry.aliases_of(engine.name))
-
-
-def written_at(engine: Engine) -> int:
-    """When the served version of a model was written: its config's mtime (0 if it has no folder)."""
-    path = engine.loaded.path
-    try:
-        return int((Path(path) / CONFIG).stat().st_mtime) if path else 0
-    except OSError:
-        return 0
+ADMIN_ERRORS = {401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
+                409: {"model": ErrorResponse}, 422: {"model": ErrorResponse}}
 
 
 @router.get("", response_model=ModelList)
@@ -35,10 +21,28 @@ async def list_models(registry: RegistryDep) -> ModelList:
     return ModelList(data=[model_card(registry, e) for e in registry.engines()])
 
 
-@router.get("/{name}", response_model=ModelCard, responses={404: {"model": ErrorResponse},
-                                                             422: {"model": ErrorResponse}})
-async def get_model(name: str, registry: RegistryDep) -> ModelCard:
-    """A model by name or alias."""
-    engine = registry.get(name, param="name")
-    label_model(engine.name)
-    return model_card(registry, engine)
+@router.get("/{name}", response_model=ModelDetail, responses={404: {"model": ErrorResponse},
+                                                               422: {"model": ErrorResponse}})
+def get_model(name: str, models: ModelServiceDep) -> ModelDetail:
+    """A model by name or alias, with every version of it: which one is served, and why a version was
+    not promoted."""
+    detail = models.detail(name)
+    label_model(detail.name)
+    return detail
+
+
+# Plain `def`: promotion and rollback write files and load the model before they answer.
+@router.post("/{name}/versions/{version}/promote", response_model=ModelDetail, dependencies=[ApiKeyDep],
+             responses=ADMIN_ERRORS)
+def promote_version(name: str, version: Annotated[int, Path(ge=1)], models: ModelServiceDep,
+                    body: Annotated[PromoteRequest | None, Body()] = None) -> ModelDetail:
+    """Serve a version if its validation perplexity is no worse than the current one's on the same data
+    (409 `promotion_refused` says why not), or anyway with `"force": true`."""
+    return models.promote(name, version, force=(body or PromoteRequest()).force)
+
+
+@router.post("/{name}/rollback", response_model=ModelDetail, dependencies=[ApiKeyDep], responses=ADMIN_ERRORS)
+def rollback_model(name: str, models: ModelServiceDep,
+                   body: Annotated[RollbackRequest | None, Body()] = None) -> ModelDetail:
+    """Serve the version that was served before the current one (or `version`), without the gate."""
+    return models.rollback(name, (body or RollbackRequest()).version)
