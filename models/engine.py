@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from models.checkpoint import LoadedModel
+from models.device import DeviceError, ServeDtype, model_device, place_model, resolve_device, serve_dtype
 from models.errors import InputError
 from models.quantize import quantize_int8
 from models.rnnlm import State
@@ -29,6 +30,8 @@ BUCKET_SPREAD = 0.8
 MIN_BUCKET_ROWS = 16
 # Rows of the full log-distribution computed at a time when the top-k alternatives are asked for.
 TOP_CHUNK_ROWS = 256
+# Generation steps sampled on the device between two copies of their tokens back to the host.
+GENERATE_CHUNK = 16
 # What a text may be: raw text (normalised by the tokenizer) or token ids of this model's vocabulary.
 TextArg = str | Sequence[int]
 Alternatives = list[tuple[str, float]]
@@ -157,12 +160,23 @@ class Engine:
     nn.LSTM/GRU for dynamically quantised int8 versions: faster on CPU, slightly different scores,
     and a text's score then depends a little on the other texts in its batch (activation scales
     are chosen per batch; bench/quantize.py measures both).
+
+    `device` (`auto`, `cpu`, `cuda`, `cuda:N`; default: where the model is) is where the model, its
+    batches, the state cache and sampling live; only results come back to the host, once per call
+    (generation: once per GENERATE_CHUNK tokens, or per token when streaming). On CUDA the
+    recurrent layers run in `dtype` (`auto`: bf16, or fp16 where bf16 is missing; see models.device).
     """
 
     def __init__(self, loaded: LoadedModel, max_batch_tokens: int = 16384, state_cache_bytes: int = 64 * 2**20,
-                 cache_listener: Listener | None = None, quantize: str | None = None) -> None:
+                 cache_listener: Listener | None = None, quantize: str | None = None,
+                 device: str | torch.device | None = None, dtype: ServeDtype = "auto") -> None:
         if quantize not in (None, "int8"):
             raise ValueError(f"unknown quantisation {quantize!r}; expected 'int8' or None")
+        self.device = model_device(loaded.model) if device is None else resolve_device(device)
+        if quantize and self.device.type != "cpu":
+            raise DeviceError(f"int8 quantisation runs on the CPU only; model {loaded.name} asked for {self.device}")
+        self.dtype = serve_dtype(self.device, dtype)
+        place_model(loaded.model, self.device, self.dtype)
         self.loaded = loaded
         self.parameters = loaded.model.num_parameters()
         self.quantized = quantize
@@ -174,7 +188,7 @@ class Engine:
         words = sorted((w, i) for i, w in enumerate(self.vocab.itos) if w not in (UNK, EOS))
         self._sorted_words = [w for w, _ in words]
         self._sorted_ids = [i for _, i in words]
-        self._banned = torch.tensor([self.vocab.unk])  # never suggested or generated
+        self._banned = torch.tensor([self.vocab.unk], device=self.device)  # never suggested or generated
 
     @property
     def name(self) -> str:
@@ -191,6 +205,7 @@ class Engine:
                 "vocab_size": c.vocab_size, "emb": c.emb, "hidden": c.hidden, "layers": c.layers,
                 "adaptive_softmax": c.adaptive, "context": c.context,
                 "dtype": "int8 (dynamic)" if self.quantized else meta.get("dtype"),
+                "device": str(self.device), "compute_dtype": str(self.dtype).removeprefix("torch."),
                 "tokenizer": self.tokenizer.style, "metrics": meta.get("metrics", {}),
                 "provenance": meta.get("provenance", {}), "path": str(self.loaded.path or "")}
 
@@ -206,8 +221,9 @@ class Engine:
         if not (context and context.strip()):
             return ResolvedContext(context)
         ids = tuple(self.tokenizer.encode(context).ids)
-        vector = self.model.context_vector(torch.tensor(ids, dtype=torch.long), torch.zeros(1, dtype=torch.long))
-        return ResolvedContext(context, True, (), ids, vector, self.model.context_words(ids))
+        on_device = torch.tensor(ids, dtype=torch.long, device=self.device)
+        vector = self.model.context_vector(on_device, torch.zeros(1, dtype=torch.long, device=self.device))
+        return ResolvedContext(context, True, (), ids, vector, self.model.context_words(on_device))
 
     # ---- scoring -------------------------------------------------------------------------------
     def encode(self, text: TextArg, param: str = "prompt") -> Encoded:
@@ -291,11 +307,13 @@ class Engine:
             batch = order[start:end]
             start = end
             lens = [len(targets[i]) for i in batch]
-            flat = torch.tensor([t for i in batch for t in targets[i]], dtype=torch.long)
-            mask = torch.arange(longest)[None, :] < torch.tensor(lens)[:, None]  # row-major = `flat` order
-            tgt = torch.full((len(batch), longest), eos, dtype=torch.long)
+            dev = self.device
+            flat = torch.tensor([t for i in batch for t in targets[i]], dtype=torch.long, device=dev)
+            # row-major = `flat` order
+            mask = torch.arange(longest, device=dev)[None, :] < torch.tensor(lens, device=dev)[:, None]
+            tgt = torch.full((len(batch), longest), eos, dtype=torch.long, device=dev)
             tgt[mask] = flat
-            inputs = torch.cat([torch.full((len(batch), 1), eos), tgt[:, :-1]], dim=1)
+            inputs = torch.cat([torch.full((len(batch), 1), eos, device=dev), tgt[:, :-1]], dim=1)
             feats, _ = self.model.features(inputs, None, vector.expand(len(batch), -1) if vector is not None else None)
             if top_k:
                 picked, values, ids = self._top_and_targets(feats[mask], flat, words, top_k)
@@ -336,7 +354,7 @@ class Engine:
             new, state = [self.vocab.eos] + ids, None
         else:
             new, state = ids[cached.length:], cached.state
-        feats, state = self.model.features(torch.tensor([new], dtype=torch.long), state,
+        feats, state = self.model.features(torch.tensor([new], dtype=torch.long, device=self.device), state,
                                            context.vector if context.used else None)
         feat = feats[:, -1].clone()  # not a view: the cache must not pin the whole [1, T, D] tensor
         self.state_cache.store(key, ids, feat, state)
@@ -360,17 +378,18 @@ class Engine:
             probs[self._banned] = 0.0
             probs[self.vocab.eos] = 0.0
             top = torch.topk(probs, min(k, probs.numel()))
-            preds = [WordProb(self.vocab.itos[i], float(p)) for p, i in zip(top.values, top.indices) if p > 0]
+            preds = [WordProb(self.vocab.itos[i], p) for p, i in zip(top.values.tolist(), top.indices.tolist())
+                     if p > 0]
         else:
             lo = bisect.bisect_left(self._sorted_words, prefix)
             hi = bisect.bisect_left(self._sorted_words, prefix + "\U0010ffff")
-            cand = torch.tensor(self._sorted_ids[lo:hi], dtype=torch.long)
+            cand = self._sorted_ids[lo:hi]
             preds = []
-            if cand.numel():
-                p = probs[cand]
+            if cand:
+                p = probs[torch.tensor(cand, dtype=torch.long, device=self.device)]
                 p = p / p.sum()
                 top = torch.topk(p, min(k, p.numel()))
-                preds = [WordProb(self.vocab.itos[int(cand[i])], float(v)) for v, i in zip(top.values, top.indices)]
+                preds = [WordProb(self.vocab.itos[cand[i]], v) for v, i in zip(top.values.tolist(), top.indices.tolist())]
         return NextWord(preds, prefix, context.used)
 
     # ---- generation ----------------------------------------------------------------------------
@@ -380,7 +399,7 @@ class Engine:
         logprob = [0.0] * params.n
         finish: dict[int, str] = {}
         texts: dict[int, str] = {}
-        for event in self.stream(prompt, params, context):
+        for event in self.stream(prompt, params, context, chunk=GENERATE_CHUNK):
             if event.finish_reason is not None:
                 finish[event.index] = event.finish_reason
                 texts[event.index] = event.text
@@ -391,11 +410,17 @@ class Engine:
         return Generation(samples, context.used)
 
     @torch.inference_mode()
-    def stream(self, prompt: TextArg, params: GenerationParams, context: ContextArg = None) -> Iterator[StreamEvent]:
+    def stream(self, prompt: TextArg, params: GenerationParams, context: ContextArg = None,
+               chunk: int = 1) -> Iterator[StreamEvent]:
         """Sample `n` continuations of `prompt` (raw text, or token ids read after the sentence start)
-        together, yielding each token as it is chosen, then a final event per choice."""
+        together, yielding each token as it is chosen, then a final event per choice.
+
+        Sampling stays on the device (a generator there, seeded by `seed`); the tokens of `chunk`
+        steps come back to the host in one copy, where the end and stop strings are checked for all
+        choices at once. The sampled tokens do not depend on `chunk`."""
         params.validate()
-        gen = torch.Generator().manual_seed(params.seed if params.seed is not None else torch.seed())
+        seed = params.seed if params.seed is not None else torch.seed()
+        gen = torch.Generator(device=self.device).manual_seed(seed)
         n = params.n
         context = self.resolve_context(context)
         ctx, words = (context.vector.expand(n, -1), context.words) if context.used else (None, None)
@@ -405,41 +430,56 @@ class Engine:
             else state.expand(-1, n, -1).contiguous()
         out: list[list[str]] = [[] for _ in range(n)]
         active = list(range(n))
-        for step in range(params.max_tokens):
-            logp = self.model.log_probs(feat, words)              # [n, V]
-            choice = self._sample(logp, params, gen)              # [n]
-            chosen_logp = logp.gather(1, choice[:, None]).squeeze(1)
+        eos, itos = self.vocab.eos, self.vocab.itos
+        done = 0
+        while done < params.max_tokens:
+            size = min(max(1, chunk), params.max_tokens - done)
+            picked, picked_logp, top_values, top_ids = [], [], [], []
+            for _ in range(size):  # on the device: nothing is read back inside this loop
+                logp = self.model.log_probs(feat, words)              # [n, V]
+                choice = self._sample(logp, params, gen)              # [n]
+                picked.append(choice)
+                picked_logp.append(logp.gather(1, choice[:, None]).squeeze(1))
+                if params.logprobs:
+                    top = logp.topk(min(params.logprobs, logp.shape[-1]), dim=-1)
+                    top_values.append(top.values)
+                    top_ids.append(top.indices)
+                done += 1
+                if done < params.max_tokens:
+                    feat, state = self.model.features(choice[:, None], state, ctx)
+                    feat = feat[:, -1]
+            choices = torch.stack(picked, 1).tolist()                 # [n, size]: one copy per chunk
+            chosen_logp = torch.stack(picked_logp, 1).tolist()
             best = None
             if params.logprobs:
-                top = logp.topk(min(params.logprobs, logp.shape[-1]), dim=-1)
-                best = [[(self.vocab.itos[j], v) for j, v in zip(ids, values)]
-                        for ids, values in zip(top.indices.tolist(), top.values.tolist())]
-            still = []
-            for i in active:
-                tok_id = int(choice[i])
-                if tok_id == self.vocab.eos:  # the end's own log-probability rides on the final event
-                    yield StreamEvent(i, None, detokenize(out[i]), float(chosen_logp[i]), "eos",
-                                      top=best[i] if best else None)
-                    continue
-                token = self.vocab.itos[tok_id]
-                out[i].append(token)
-                text = detokenize(out[i])
-                hit = next((s for s in params.stop if s and s in text), None)
-                if hit is not None:
-                    yield StreamEvent(i, None, text[: text.index(hit)], None, "stop")
-                    continue
-                yield StreamEvent(i, token, text, float(chosen_logp[i]), top=best[i] if best else None)
-                still.append(i)
-            active = still
-            if not active:
-                return
-            if step + 1 < params.max_tokens:
-                feat, state = self.model.features(choice[:, None], state, ctx)
-                feat = feat[:, -1]
+                values, ids = torch.stack(top_values, 1).tolist(), torch.stack(top_ids, 1).tolist()
+                best = [[[(itos[j], v) for j, v in zip(ids[i][t], values[i][t])] for t in range(size)]
+                        for i in range(n)]
+            for t in range(size):
+                still = []
+                for i in active:
+                    tok_id, lp = choices[i][t], chosen_logp[i][t]
+                    alternatives = best[i][t] if best else None
+                    if tok_id == eos:  # the end's own log-probability rides on the final event
+                        yield StreamEvent(i, None, detokenize(out[i]), lp, "eos", top=alternatives)
+                        continue
+                    token = itos[tok_id]
+                    out[i].append(token)
+                    text = detokenize(out[i])
+                    hit = next((s for s in params.stop if s and s in text), None)
+                    if hit is not None:
+                        yield StreamEvent(i, None, text[: text.index(hit)], None, "stop")
+                        continue
+                    yield StreamEvent(i, token, text, lp, top=alternatives)
+                    still.append(i)
+                active = still
+                if not active:
+                    return
         for i in active:
             yield StreamEvent(i, None, detokenize(out[i]), None, "length")
 
     def _sample(self, logp: Tensor, params: GenerationParams, gen: torch.Generator) -> Tensor:
+        """One token per row, on the device (masks by `masked_fill`, so nothing syncs with the host)."""
         logits = logp.clone()
         logits[:, self._banned] = -math.inf
         if params.temperature == 0:
@@ -447,12 +487,12 @@ class Engine:
         logits = logits / params.temperature
         if params.top_k > 0 and params.top_k < logits.shape[-1]:
             kth = torch.topk(logits, params.top_k, dim=-1).values[:, -1:]
-            logits[logits < kth] = -math.inf
+            logits = logits.masked_fill(logits < kth, -math.inf)
         if params.top_p < 1.0:
             sorted_logits, idx = torch.sort(logits, descending=True, dim=-1)
             probs = sorted_logits.softmax(dim=-1)
             drop = probs.cumsum(dim=-1) - probs >= params.top_p  # keep the smallest set reaching top_p
-            sorted_logits[drop] = -math.inf
+            sorted_logits = sorted_logits.masked_fill(drop, -math.inf)
             logits = torch.full_like(logits, -math.inf).scatter(1, idx, sorted_logits)
         return torch.multinomial(logits.softmax(dim=-1), 1, generator=gen).squeeze(1)
 

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from models.data import Stream
+from models.device import model_device
 from models.rnnlm import RNNLM, detach_state
 
 
@@ -32,21 +33,25 @@ def _windows(model: RNNLM, stream: Stream, use_context: bool, rows: int,
     The stream is split into `rows` contiguous segments run in parallel with carried state.
     Inputs are the stream shifted right by one with <eos> in front, so all N tokens are predicted;
     each segment starts from a zero state (the published convention also resets per batch row).
+    The stream is copied to the model's device once.
     """
     was_training = model.training
     model.eval()
-    n = stream.ids.numel()
-    eos = stream.ids.new_tensor([stream.eos])
-    inputs = torch.cat([eos, stream.ids[:-1]])
+    device = model_device(model)
+    ids = stream.ids.to(device)
+    n = ids.numel()
+    eos = ids.new_tensor([stream.eos])
+    inputs = torch.cat([eos, ids[:-1]])
     rows = max(1, min(rows, n))
     length = math.ceil(n / rows)
     pad = rows * length - n
     shape = (rows, length)
     x = torch.cat([inputs, inputs.new_zeros(pad)]).view(shape)
-    y = torch.cat([stream.ids, stream.ids.new_zeros(pad)]).view(shape)
-    t = torch.cat([stream.titles, stream.titles.new_zeros(pad)]).view(shape)
-    mask = (torch.arange(rows * length) < n).view(shape)
-    vectors = model.context_vector(*stream.title_table()) if use_context else None
+    titles = stream.titles.to(device)
+    y = torch.cat([ids, ids.new_zeros(pad)]).view(shape)
+    t = torch.cat([titles, titles.new_zeros(pad)]).view(shape)
+    mask = (torch.arange(rows * length, device=device) < n).view(shape)
+    vectors = model.context_vector(*(x.to(device) for x in stream.title_table())) if use_context else None
     state = None
     try:
         for start in range(0, length, window):
@@ -101,9 +106,9 @@ def fit_context_boost(model: RNNLM, stream: Stream, rows: int = 16, window: int 
     with torch.inference_mode():
         for feats, targets, titles in _windows(model, stream, True, rows, window):
             hit = torch.full_like(targets, -1)
-            mass = torch.zeros(len(targets), config.num_classes, dtype=torch.float64)
+            mass = torch.zeros(len(targets), config.num_classes, dtype=torch.float64, device=targets.device)
             for tid in titles.unique().tolist():
-                words = torch.tensor(stream.title_words[tid], dtype=torch.long).unique()
+                words = torch.tensor(stream.title_words[tid], dtype=torch.long, device=targets.device).unique()
                 if not words.numel():
                     continue
                 at = (titles == tid).nonzero().squeeze(1)
@@ -115,7 +120,7 @@ def fit_context_boost(model: RNNLM, stream: Stream, rows: int = 16, window: int 
                 hit[at[inside]] = classes[found[inside].int().argmax(1)]
             hits.append(hit)
             sums.append(mass)
-    hit, mass = torch.cat(hits).clone(), torch.cat(sums).clone()  # plain tensors, for autograd
+    hit, mass = torch.cat(hits).cpu().clone(), torch.cat(sums).cpu().clone()  # plain CPU tensors, for autograd
     boost = torch.zeros(config.num_classes, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([boost], max_iter=200, line_search_fn="strong_wolfe")
 

@@ -98,6 +98,9 @@ class RNNLM(nn.Module):
         nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
         if self.decoder is not None:
             nn.init.zeros_(self.decoder.bias)
+        # precision of the recurrent layers (models.device.place_model: fp16/bf16 when served on CUDA);
+        # features and states are cast to it on the way in and back to fp32 on the way out
+        self.compute_dtype = torch.float32
 
     # ---- recurrence -------------------------------------------------------------------------
     def context_vector(self, ids: Tensor, offsets: Tensor) -> Tensor:
@@ -118,10 +121,16 @@ class RNNLM(nn.Module):
             if context.dim() == 2:
                 context = context.unsqueeze(1).expand(-1, x.shape[1], -1)
             x = torch.cat([x, context.to(x.dtype)], dim=-1)
-        if x.shape[1] <= STEP_TOKENS and not self.training and type(self.rnn) in _CELLS:
+        half = self.compute_dtype != torch.float32
+        if half:
+            x = x.to(self.compute_dtype)
+        # on a GPU the fused (cuDNN) kernel is one launch however short the input
+        if x.shape[1] <= STEP_TOKENS and not self.training and type(self.rnn) in _CELLS and x.device.type == "cpu":
             out, state = self._by_cell(x, state)
         else:
             out, state = self.rnn(x, state)
+        if half:
+            out = out.float()
         out = self.drop(out)
         if self.proj is not None:
             out = self.proj(out)
@@ -163,7 +172,7 @@ class RNNLM(nn.Module):
 
     def init_state(self, batch: int) -> State:
         c = self.config
-        h = self.encoder.weight.new_zeros(c.layers, batch, c.hidden)
+        h = self.encoder.weight.new_zeros(c.layers, batch, c.hidden, dtype=self.compute_dtype)
         return (h, h.clone()) if c.arch == "lstm" else h
 
     # ---- output layer (models.output) -----------------------------------------------------------
@@ -178,7 +187,7 @@ class RNNLM(nn.Module):
         """The distinct word ids of a topic that the context boost applies to (None: no boost)."""
         if not self.config.context_boost:
             return None
-        words = torch.as_tensor(ids, dtype=torch.long).unique()
+        words = torch.as_tensor(ids, dtype=torch.long, device=self.encoder.weight.device).unique()
         return words if words.numel() else None
 
     def word_classes(self, words: Tensor) -> Tensor:
