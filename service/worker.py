@@ -4,7 +4,8 @@ A job trains into its own run folder (`<jobs db dir>/runs/<job id>`: resumable r
 the model being built) and the finished model is copied into the checkpoint dir atomically only
 when the job succeeds, where the API's registry watcher picks it up. So a served model is never
 replaced by a half-trained or cancelled one, and a job whose worker died resumes from its last
-finished epoch when a worker claims it again.
+finished epoch when a worker claims it again. Under an existing name the model becomes a new
+version, served only if it passes the promotion gate (models/versions.py).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import socket
 import threading
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +26,10 @@ from prometheus_client import REGISTRY, Counter, Gauge, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from models.checkpoint import copy_model
+from models.data import sha256, split_path
 from models.errors import CheckpointError, RNNLMError, TrainingCancelled
 from models.train import EpochReport, StepReport, TrainResult
+from models.versions import current_folder, publish
 from service.jobs import STATUSES, Job, JobStore
 from service.schemas import JobRequest
 from service.settings import Settings
@@ -269,16 +272,18 @@ class Worker:
         overwrite = request.overwrite
         if target.exists() and not overwrite:
             raise CheckpointError(f"model {job.name!r} already exists in {self.checkpoints}; "
-                                  "submit with overwrite=true to replace it")
+                                  "submit with overwrite=true to add a new version of it")
         cfg = request.to_train_config(out=run_dir / "out" / job.name, run_dir=run_dir / "state",
                                       checkpoints=self.checkpoints)
+        if request.init:  # the version of it being served
+            cfg = replace(cfg, init=str(current_folder(self.checkpoints / request.init)))
         # The staging folder belongs to this job alone: always resumable, always overwritable.
         kwargs = dict(resume=True, overwrite=True, on_epoch=run.on_epoch, on_step=run.on_step,
                       should_stop=run.should_stop, progress=False)
         result: TrainResult
         if job.type == "distill":
             from models.distill import distill
-            result = distill(cfg, teacher=str(self.checkpoints / request.teacher),
+            result = distill(cfg, teacher=str(current_folder(self.checkpoints / request.teacher)),
                              settings=request.to_distill_config(), **kwargs)
         else:
             from models.train import train
@@ -287,11 +292,17 @@ class Worker:
             raise TrainingCancelled("taken over by another worker")
         if target.exists() and not overwrite:  # shipped while this job was training
             raise CheckpointError(f"model {job.name!r} appeared in {self.checkpoints} while training; "
-                                  "submit with overwrite=true to replace it")
-        copy_model(result.out, target)  # atomically: the registry never sees half a model
+                                  "submit with overwrite=true to add a new version of it")
+        valid = split_path(Path(request.data), "valid")
+        source = {"job": job.id, "type": job.type, "valid_sha256": sha256(valid) if valid.is_file() else None}
+        # atomically, as a new version when the name exists: the registry never sees half a model
+        published = publish(target, result.out, source)
+        log.info("job %s: %r version %d %s: %s", job.id, job.name, published.version,
+                 "promoted" if published.promoted else "kept, not promoted", published.reason)
         return {"model": job.name, "epochs_run": result.epochs_run, "seconds": round(result.seconds, 2),
                 "valid_ppl": _finite(result.valid_ppl), "test_ppl": _finite(result.test_ppl),
-                "parameters": result.parameters}
+                "parameters": result.parameters, "version": published.version, "promoted": published.promoted,
+                "promotion": published.reason}
 
 
 def run_worker(settings: Settings, *, once: bool = False, metrics_host: str = "127.0.0.1",

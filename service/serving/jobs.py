@@ -40,7 +40,8 @@ def check_names(body: JobRequest, settings: Settings) -> None:
     if body.name in settings.aliases:
         raise ConflictError(f"name: {body.name!r} is an alias; choose another name", "name")
     if (checkpoints / body.name).exists() and not body.overwrite:
-        raise ConflictError(f"name: model {body.name!r} already exists; pass \"overwrite\": true to replace it", "name")
+        raise ConflictError(f"name: model {body.name!r} already exists; pass \"overwrite\": true to add a new "
+                            "version of it (served only if it passes the promotion gate)", "name")
 
 
 def _time(value: float | None) -> datetime | None:
