@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
 
-from models import score_file
+from models import score_file, versions_cli
 from models.config import STUDENT_SIZE, DistillConfig, SettingError, TrainConfig, check_setting, choices, defaults
 
 EXIT_USAGE, EXIT_ERROR = 2, 1
@@ -260,11 +260,14 @@ def add_commands(sub) -> dict[str, Command]:
     p.add_argument("--threads", type=positive(), default=None)
 
     score_file.add_arguments(sub.add_parser("score", help="score a text file line by line (like KenLM's query)"))
+    versions_cli.add_arguments(sub.add_parser("models", help="list, promote or roll back the versions of the "
+                                                             "models in a checkpoint folder"))
     return COMMANDS
 
 
 COMMANDS: dict[str, Command] = {"train": cmd_train, "distill": cmd_distill, "eval": cmd_eval,
-                                "fit-boost": cmd_fit_boost, "generate": cmd_generate, "score": score_file.run}
+                                "fit-boost": cmd_fit_boost, "generate": cmd_generate, "score": score_file.run,
+                                "models": versions_cli.run}
 
 
 def run_command(prog: str, commands: dict[str, Command], args: argparse.Namespace) -> int:

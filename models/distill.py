@@ -18,7 +18,8 @@ from models.checkpoint import load_model
 from models.config import DistillConfig
 from models.errors import CheckpointError
 from models.rnnlm import RNNLM, State, detach_state
-from models.train import Batches, Objective, TrainConfig, TrainResult, title_context, train
+from models.objective import Batches, Objective, title_context
+from models.train import TrainConfig, TrainResult, train
 
 __all__ = ["DistillConfig", "Distillation", "distill", "kd_loss"]
 

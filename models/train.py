@@ -20,20 +20,21 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from models.checkpoint import LoadedModel, load_model, read_config, save_model
 from models.config import TrainConfig
-from models.data import Corpus, Stream, batchify, load_corpus, num_windows, tbptt_windows
+from models.data import Corpus, load_corpus
 from models.distributed import World
 from models.errors import CheckpointError, DataError, TrainingCancelled
 from models.evaluate import evaluate_stream, fit_context_boost
-from models.rnnlm import RNNLM, ModelConfig, State, detach_state
+from models.objective import Batches, CrossEntropy, Objective, TrainStep, title_context
+from models.rnnlm import RNNLM, ModelConfig, detach_state
 from models.tokenizer import Tokenizer, Vocab
 
-__all__ = ["TrainConfig", "Trainer", "train", "finalize", "fit_boost", "StepReport", "EpochReport", "TrainResult"]
+__all__ = ["TrainConfig", "Trainer", "train", "finalize", "fit_boost", "StepReport", "EpochReport", "TrainResult",
+           "Batches", "Objective", "CrossEntropy", "title_context"]
 
 REPORT_EVERY_S = 2.0  # seconds between step reports within an epoch
 
@@ -81,74 +82,6 @@ class TrainResult:
     test_ppl: float | None
     parameters: int
     history: list[dict]
-
-
-class Batches:
-    """Batchified train stream plus the per-step title contexts (with context dropout)."""
-
-    def __init__(self, stream: Stream, batch_size: int, bptt: int, world: World = World()) -> None:
-        # with several ranks, each takes its own `batch_size` rows of the same batchified stream
-        self.ids = world.rows(batchify(stream.ids, batch_size * world.size), batch_size)
-        self.titles = world.rows(batchify(stream.titles, batch_size * world.size), batch_size)
-        self.table = stream.title_table()
-        self.bptt = bptt
-        self.tokens = self.ids.numel()
-
-    def __len__(self) -> int:
-        return num_windows(self.ids, self.bptt)
-
-    def __iter__(self):
-        return tbptt_windows(self.ids, self.titles, self.bptt)
-
-
-class Objective:
-    """What the trainer minimises per window; subclasses may keep state across windows."""
-    titles = False  # whether the objective needs article titles even for a model without context
-
-    def start_epoch(self, batches: Batches) -> None:
-        pass
-
-    def __call__(self, model: RNNLM, feats: Tensor, inputs: Tensor, targets: Tensor, titles: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def step(self, model: RNNLM, inputs: Tensor, state: State, context: Tensor | None, targets: Tensor,
-             titles: Tensor) -> tuple[Tensor, State]:
-        """(loss, new state) of one window."""
-        feats, state = model.features(inputs, state, context)
-        return self(model, feats, inputs, targets, titles), state
-
-
-class CrossEntropy(Objective):
-    def __call__(self, model: RNNLM, feats: Tensor, inputs: Tensor, targets: Tensor, titles: Tensor) -> Tensor:
-        return model.loss(feats, targets)
-
-    def step(self, model: RNNLM, inputs: Tensor, state: State, context: Tensor | None, targets: Tensor,
-             titles: Tensor) -> tuple[Tensor, State]:
-        return model(inputs, state, context, targets)
-
-
-def title_context(model: RNNLM, table: tuple[Tensor, Tensor], titles: Tensor, drop: float = 0.0) -> Tensor:
-    """Per-token context vectors [B, T, emb] for the targets' article titles."""
-    vectors = model.context_vector(*table)[titles]
-    if drop > 0:
-        keep = torch.rand(titles.shape[0], 1, 1) >= drop  # drop whole rows: the model learns "no topic"
-        vectors = vectors * keep
-    return vectors
-
-
-class _Step(nn.Module):
-    """What one training step runs forward: the model's window loss under the objective. Under
-    torchrun it is this module that DistributedDataParallel wraps (its parameters are the model's)."""
-
-    def __init__(self, model: RNNLM, objective: Objective, table: tuple[Tensor, Tensor], context_dropout: float):
-        super().__init__()
-        self.model = model
-        self.objective, self.table, self.context_dropout = objective, table, context_dropout
-
-    def forward(self, inputs: Tensor, state: State, targets: Tensor, titles: Tensor) -> tuple[Tensor, State]:
-        model = self.model
-        context = title_context(model, self.table, titles, self.context_dropout) if model.config.context else None
-        return self.objective.step(model, inputs, state, context, targets, titles)
 
 
 def _atomic_torch_save(obj: dict, path: Path) -> None:
@@ -224,7 +157,7 @@ class Trainer:
             self.restore()
         if self.world.size > 1:
             torch.manual_seed(cfg.seed + 1000 * self.start_epoch + self.world.rank)  # different dropout per rank
-        step = _Step(self.model, self.objective, self.batches.table, cfg.context_dropout if cfg.context else 0.0)
+        step = TrainStep(self.model, self.objective, self.batches.table, cfg.context_dropout if cfg.context else 0.0)
         # an adaptive tail with no target in a window gets no gradient: DDP must look for unused parameters
         self.step_fn = self.world.wrap(step, find_unused_parameters=self.model.config.adaptive)
         self.step = sum(h["steps"] for h in self.history)
