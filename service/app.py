@@ -74,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (health, models, score, generate, openai, jobs, page):
         app.include_router(module.router)
     errors.install(app)
+    app.add_middleware(errors.SurrogateMiddleware)  # innermost: lone surrogates in any JSON body become U+FFFD
     app.add_middleware(AdmissionMiddleware, settings=settings)  # inside the body limit: reads bodies through it
     app.add_middleware(errors.BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, api=app)  # added last = outermost: sees every response

@@ -1,7 +1,9 @@
 """The one place where exceptions become HTTP errors: `{"error": {"type", "message", "param"}}`."""
 from __future__ import annotations
 
+import json
 import logging
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -9,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.errors import CheckpointError, InputError
@@ -144,8 +147,20 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     if exc.status_code == 404 and message == "Not Found":
         message = f"no such endpoint: {request.method} {request.url.path}"
     elif exc.status_code == 405:
-        message = f"{request.method} is not allowed on {request.url.path}"
+        allowed = allowed_methods(request)
+        message = f"{request.method} is not allowed on {request.url.path}; allowed: {', '.join(allowed)}"
+        return error_response(405, type_, message, None, {**(exc.headers or {}), "Allow": ", ".join(allowed)})
     return error_response(exc.status_code, type_, message, None, exc.headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves on this path (Starlette's 405 names only the first route's)."""
+    routes = request.app.router.routes
+    return [method for method in _METHODS
+            if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)]
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -185,8 +200,94 @@ class BodyLimitMiddleware:
         await self.app(scope, limited_receive, send)
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")  # `\ud800` .. `\udfff` escapes in JSON
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def without_lone_surrogates(value: Any) -> Any:
+    """`value` (parsed JSON) with every lone surrogate, in strings and keys, replaced by U+FFFD."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [without_lone_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {without_lone_surrogates(k): without_lone_surrogates(v) for k, v in value.items()}
+    return value
+
+
+def clean_json_body(body: bytes) -> bytes:
+    """A JSON body whose strings hold lone surrogates (a `\\ud800` escape: no UTF-8 text can carry one,
+    so the answer echoing it could not be encoded) re-encoded with U+FFFD in their place; any other
+    body unchanged (invalid JSON is left for the route to refuse)."""
+    if not _SURROGATE_ESCAPE.search(body):
+        return body
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body
+    cleaned = without_lone_surrogates(data)
+    return body if cleaned == data else json.dumps(cleaned, ensure_ascii=False).encode()
+
+
+class SurrogateMiddleware:
+    """Every text field of every route takes lone surrogates, as U+FFFD (see `clean_json_body`).
+
+    The body is read when the route asks for it, so errors raised while reading (a body over the
+    limit) still reach the handlers below.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
+            await self.app(scope, receive, send)
+            return
+        read = False
+
+        async def cleaned_receive() -> Message:
+            nonlocal read
+            if read:
+                return await receive()
+            chunks = []
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return message  # the client went away
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+            read = True
+            return {"type": "http.request", "body": clean_json_body(b"".join(chunks)), "more_body": False}
+
+        await self.app(scope, cleaned_receive, send)
+
+
+def document_errors(app: FastAPI) -> None:
+    """Make the OpenAPI document say what the handlers above do: every operation that takes a JSON body
+    answers 400 with the error shape when the body is not JSON (unless it documents 4XX already)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        error_ref = {"$ref": "#/components/schemas/ErrorResponse"}  # the native routes' 4xx use it already
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                responses = operation.get("responses", {})
+                if "requestBody" in operation and "400" not in responses and "4XX" not in responses:
+                    responses["400"] = {"description": "the body is not valid JSON",
+                                        "content": {"application/json": {"schema": error_ref}}}
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install(app: FastAPI) -> None:
     """Register every handler on `app`."""
+    document_errors(app)
     app.add_exception_handler(RequestValidationError, _validation_error)
     for exc_class in DOMAIN_ERRORS:
         app.add_exception_handler(exc_class, _domain_error)

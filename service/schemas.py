@@ -35,7 +35,8 @@ def _one_or_many(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
-Text = Annotated[str, AfterValidator(_not_blank)]
+# minLength and pattern only describe the check to the OpenAPI document (the validator's message is clearer)
+Text = Annotated[str, AfterValidator(_not_blank), Field(json_schema_extra={"minLength": 1, "pattern": r"\S"})]
 Context = Annotated[str | None, BeforeValidator(_blank_to_none), Field(
     None, description="a short free text the prediction is conditioned on (e.g. an article's subject), for "
                       "models trained with one; other models ignore it and say so in `warnings`")]
@@ -45,8 +46,9 @@ FinishReason = Literal["length", "stop", "eos"]
 
 
 class Request(BaseModel):
-    """Unknown fields are rejected so that a misspelt parameter is an error, not a silent default."""
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    """Unknown fields are rejected so that a misspelt parameter is an error, not a silent default; values
+    are strict, as the OpenAPI document says (`0` is not a boolean, `"5"` not an integer)."""
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 # ---- errors -----------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ control (service/admission.py) bounds the inference requests running at once and
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 import h11
@@ -59,6 +60,16 @@ class ReadTimeoutProtocol(H11Protocol):
             self._disarm()
         elif self.conn.their_state is h11.SEND_BODY or self.conn.trailing_data[0]:
             self._arm()  # a request has begun and is not complete
+
+    def send_400_response(self, msg: str) -> None:
+        """A request h11 cannot parse (a bad Content-Length, a malformed header) gets the API's error body."""
+        message = "malformed HTTP request (a bad Content-Length, header or request line)"
+        body = json.dumps({"error": {"type": "invalid_request_error", "message": message, "param": None}}).encode()
+        headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+        for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body),
+                      h11.EndOfMessage()):
+            self.transport.write(self.conn.send(event))
+        self.transport.close()
 
     def _arm(self) -> None:
         if self._read_timer is None:
