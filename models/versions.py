@@ -223,6 +223,8 @@ def gate(current: Version, candidate: Version) -> Decision:
 @contextmanager
 def locked(model_dir: str | Path) -> Iterator[None]:
     """Exclusive across processes (flock): one publish, promote or rollback of a name at a time."""
+    if not (Path(model_dir) / CONFIG).is_file():
+        raise VersionNotFound(f"no model folder {model_dir}")
     versions = Path(model_dir) / VERSIONS
     versions.mkdir(exist_ok=True)
     with open(versions / LOCK, "a") as f:
