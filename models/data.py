@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +23,39 @@ def split_path(folder: Path, split: str) -> Path:
         return plain
     matches = sorted(folder.glob(f"*.{split}.txt"))
     return matches[0] if matches else plain
+
+
+def resolve_within(path: str | Path, roots: Sequence[str | Path], where: str = "the allowed data roots") -> Path:
+    """`path` with every symlink and `..` resolved, if that real path lies under one of `roots` (theirs
+    resolved too); DataError otherwise, before anything at the path is read."""
+    try:
+        real = Path(path).resolve()
+        inside = any(real.is_relative_to(Path(root).resolve()) for root in roots)
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte, ...
+        raise DataError(f"not a usable path: {path}") from None
+    if not inside:
+        raise DataError(f"{path} resolves to a place outside {where}")
+    return real
+
+
+def corpus_files(folder: str | Path) -> list[Path]:
+    """Every file `load_corpus(folder)` reads: the splits that exist, SHA256SUMS and the files it lists."""
+    folder = Path(folder)
+    files = [path for path in (split_path(folder, split) for split in SPLITS) if path.exists()]
+    sums = folder / "SHA256SUMS"
+    if sums.exists():
+        files.append(sums)
+        files += [folder / name for name in _checksummed(sums)]
+    return files
+
+
+def check_corpus_within(folder: str | Path, roots: Sequence[str | Path]) -> Path:
+    """The corpus folder's real path, once it and every file a run reads from it (symlinks followed)
+    are found under one of `roots`; DataError names the first file that escapes."""
+    real = resolve_within(folder, roots)
+    for path in corpus_files(folder):
+        resolve_within(path, roots)
+    return real
 
 
 def read_lines(path: Path) -> list[str]:
@@ -56,13 +89,20 @@ def verify_checksums(folder: Path) -> None:
     sums = Path(folder) / "SHA256SUMS"
     if not sums.exists():
         return
-    for line in sums.read_text().splitlines():
-        if not line.strip():
-            continue
-        expected, name = line.split(maxsplit=1)
-        path = Path(folder) / name.strip().lstrip("*")
+    for name, expected in _checksummed(sums).items():
+        path = Path(folder) / name
         if path.exists() and sha256(path) != expected:
             raise DataError(f"checksum mismatch for {path} (SHA256SUMS says {expected[:12]}...)")
+
+
+def _checksummed(sums: Path) -> dict[str, str]:
+    """File name -> expected SHA-256, from a `sha256sum` listing."""
+    listed = {}
+    for line in sums.read_text().splitlines():
+        if line.strip():
+            expected, name = line.split(maxsplit=1)
+            listed[name.strip().lstrip("*")] = expected
+    return listed
 
 
 def title_of(tokens: list[str]) -> list[str] | None:

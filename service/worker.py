@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from dataclasses import replace
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from models.data import sha256, split_path
+from models.data import check_corpus_within, resolve_within, sha256, split_path
 from models.errors import CheckpointError, RNNLMError, TrainingCancelled
 from models.train import EpochReport, StepReport, TrainResult
 from models.versions import current_folder, publish
@@ -168,6 +169,7 @@ class Worker:
 
     def __init__(self, store: JobStore, checkpoints: str | Path, *, poll_interval_s: float = 1.0,
                  worker_id: str | None = None, heartbeat_s: float | None = None,
+                 data_roots: Sequence[str | Path] = (),
                  parent_pid: int | None = None) -> None:
         self.store = store
         self.checkpoints = Path(checkpoints)
@@ -176,6 +178,7 @@ class Worker:
         # beat often enough that a live worker is never taken for dead
         self.heartbeat_s = heartbeat_s or max(0.2, min(10.0, store.stale_after_s / 4))
         self.parent_pid = parent_pid
+        self.data_roots = list(data_roots)  # where a job's corpus files may resolve to (none: its own folder)
         self.stop_event = threading.Event()
 
     @property
@@ -268,7 +271,12 @@ class Worker:
 
     def _execute(self, job: Job, run_dir: Path, run: JobRun) -> dict[str, Any]:
         request = JobRequest.model_validate({**job.params, "type": job.type, "name": job.name})
+        # What the job reads and writes stays inside its folders, symlinks followed (one planted since the
+        # job was submitted included): a DataError fails the job before anything is read.
+        check_corpus_within(request.data, self.data_roots or [request.data])
+        resolve_within(run_dir, [self.store.path.resolve().parent / "runs"], "the job runs folder")
         target = self.checkpoints / job.name
+        resolve_within(target, [self.checkpoints], "the checkpoint folder")
         overwrite = request.overwrite
         if target.exists() and not overwrite:
             raise CheckpointError(f"model {job.name!r} already exists in {self.checkpoints}; "
@@ -309,7 +317,8 @@ def run_worker(settings: Settings, *, once: bool = False, metrics_host: str = "1
                parent_pid: int | None = None) -> int:
     """`rnnlm worker`: claim and run jobs until SIGTERM/SIGINT, which hand the running job back to the queue."""
     store = JobStore(settings.jobs_db, stale_after_s=settings.job_stale_after_s)
-    worker = Worker(store, settings.checkpoints, poll_interval_s=settings.worker_poll_interval_s,
+    worker = Worker(store, settings.checkpoints, data_roots=settings.data_roots,
+                    poll_interval_s=settings.worker_poll_interval_s,
                     parent_pid=parent_pid)
 
     def on_signal(signum: int, frame: object) -> None:

@@ -5,7 +5,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from models.checkpoint import CONFIG
-from models.data import split_path
+from models.data import check_corpus_within, split_path
+from models.errors import DataError
 from service.errors import BadRequestError, ConflictError, ModelNotFoundError
 from service.jobs import Job, JobConflict, JobStore
 from service.schemas import JobCreated, JobInfo, JobList, JobProgress, JobRequest, JobStatus
@@ -28,6 +29,10 @@ def resolve_data(data: str, roots: list[Path]) -> Path:
         raise BadRequestError(f"data: no such corpus folder: {data!r}", "data")
     if not split_path(path, "train").is_file():
         raise BadRequestError(f"data: {data!r} has no train.txt", "data")
+    try:  # every file a run reads, symlinks followed, must stay inside the roots too
+        check_corpus_within(path, roots)
+    except DataError as exc:
+        raise BadRequestError(f"data: {exc}", "data") from None
     return path
 
 
