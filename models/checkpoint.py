@@ -50,7 +50,9 @@ def _tensors(model: RNNLM, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     state = model.state_dict()
     if model.config.tie:
         state.pop("decoder.weight", None)
-    return {k: v.detach().to(dtype if v.is_floating_point() else v.dtype).contiguous() for k, v in state.items()}
+    # on the CPU whatever device the model is on: a folder written on a GPU loads anywhere
+    return {k: v.detach().to(device="cpu", dtype=dtype if v.is_floating_point() else v.dtype).contiguous()
+            for k, v in state.items()}
 
 
 def write_folder_atomically(out: str | Path, fill: Callable[[Path], None]) -> Path:

@@ -17,7 +17,8 @@ from dataclasses import fields
 from pathlib import Path
 
 from models import score_file, versions_cli
-from models.config import STUDENT_SIZE, DistillConfig, SettingError, TrainConfig, check_setting, choices, defaults
+from models.config import (RULES, STUDENT_SIZE, DistillConfig, SettingError, TrainConfig, check_setting, choices,
+                           defaults)
 
 EXIT_USAGE, EXIT_ERROR = 2, 1
 Command = Callable[[argparse.Namespace], int]
@@ -79,6 +80,8 @@ HELP = {
             "(a new run: fresh optimiser and schedule; architecture flags are ignored)",
     "temperature": "soft-label temperature", "alpha": "weight of the soft-label term, in [0, 1]",
     "kd_fraction": "share of positions per window that get the soft-label term (unbiased estimate)",
+    "device": "where to train: auto (CUDA when available), cpu, cuda or cuda:N",
+    "amp": "bf16: bf16 autocast for the forward pass, the loss kept in fp32 (for CUDA)",
 }
 METAVAR = {"average_from": "EPOCH", "init": "MODEL"}
 
@@ -105,7 +108,7 @@ def add_settings(p: argparse.ArgumentParser, cls: type, required: Sequence[str] 
             kw["choices"] = choices(cls, name)
         elif typing.get_origin(kind) is list:
             kw["type"] = _setting(cls, name, list)
-        elif kind in (int, float):
+        elif kind in (int, float, str) and (kind is not str or name in RULES):
             kw["type"] = _setting(cls, name, kind)
         p.add_argument(flag, default=default[name], metavar=METAVAR.get(name), **kw)
 
@@ -116,6 +119,12 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
     p.add_argument("--threads", type=positive(), default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_device_flag(p: argparse.ArgumentParser, default: str | None = "auto") -> None:
+    """`--device auto|cpu|cuda|cuda:N`, checked by name here and resolved (is it there?) when used."""
+    p.add_argument("--device", type=_setting(TrainConfig, "device", str), default=default,
+                   help="auto (CUDA when available), cpu, cuda or cuda:N")
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
@@ -157,9 +166,12 @@ def cmd_distill(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from models.checkpoint import load_model, record_metrics
     from models.data import encode_lines, read_lines, split_path
+    from models.device import place_model, resolve_device
     from models.evaluate import evaluate_stream
 
+    device = resolve_device(args.device)  # a missing GPU is reported before the model is read
     loaded = load_model(args.model)
+    place_model(loaded.model, device)  # fp32: perplexity as published
     path = Path(args.data)
     if path.is_dir():
         path = split_path(path, args.split)
@@ -171,7 +183,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     score = evaluate_stream(loaded.model, stream, use_context=args.context == "titles")
     result = {"model": loaded.name, "data": str(path), "perplexity": round(score.perplexity, 4),
               "num_tokens": score.num_tokens, "nll": round(score.nll, 4), "oov_count": oov,
-              "seconds": round(score.seconds, 3), "tokens_per_s": round(score.num_tokens / max(score.seconds, 1e-9))}
+              "seconds": round(score.seconds, 3), "tokens_per_s": round(score.num_tokens / max(score.seconds, 1e-9)),
+              "device": str(device)}
     if loaded.config.context:
         result["context"] = args.context
     if args.record:
@@ -210,7 +223,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from models.checkpoint import load_model
     from models.engine import Engine, GenerationParams
 
-    engine = Engine(load_model(args.model))
+    from models.device import resolve_device
+
+    device = resolve_device(args.device)
+    engine = Engine(load_model(args.model), device=device)
     params = GenerationParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
                               top_p=args.top_p, seed=args.seed, n=args.n)
     for choice in engine.generate(args.prompt, params, context=args.context).choices:
@@ -240,6 +256,7 @@ def add_commands(sub) -> dict[str, Command]:
     p.add_argument("--record", metavar="KEY", default=None,
                    help="also store the result under metrics.KEY in the model's config.json")
     p.add_argument("--threads", type=positive(), default=None)
+    add_device_flag(p)
 
     p = sub.add_parser("fit-boost", help="fit a context model's title-word boost on a corpus's validation "
                                          "split and re-measure its perplexities")
@@ -258,6 +275,7 @@ def add_commands(sub) -> dict[str, Command]:
     p.add_argument("-n", type=positive(), default=1)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--threads", type=positive(), default=None)
+    add_device_flag(p)
 
     score_file.add_arguments(sub.add_parser("score", help="score a text file line by line (like KenLM's query)"))
     versions_cli.add_arguments(sub.add_parser("models", help="list, promote or roll back the versions of the "

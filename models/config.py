@@ -13,6 +13,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from models.device import DEVICE_HELP, Amp, valid_device
 from models.rnnlm import ModelConfig
 
 Arch = Literal["lstm", "gru", "rnn"]
@@ -46,6 +47,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     # distillation
     "temperature": (lambda v: v > 0, "> 0"), "alpha": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "kd_fraction": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "device": (valid_device, DEVICE_HELP),
 }
 
 
@@ -123,6 +125,8 @@ class TrainConfig:
     save_dtype: SaveDtype = "float32"
     init: str | None = None
     average_from: int | None = None
+    device: str = "auto"   # where to train (models.device): auto, cpu, cuda or cuda:N
+    amp: Amp = "none"      # bf16: autocast the forward pass to bf16 (the loss stays fp32)
 
     def __post_init__(self) -> None:
         self.cutoffs = list(self.cutoffs)

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from models.checkpoint import load_model
 from models.config import DistillConfig
+from models.device import place_model, resolve_device
 from models.errors import CheckpointError
 from models.rnnlm import RNNLM, State, detach_state
 from models.objective import Batches, Objective, title_context
@@ -78,6 +79,7 @@ def distill(cfg: TrainConfig, teacher: str, settings: DistillConfig | None = Non
     loaded = load_model(teacher)
     if cfg.max_vocab is not None and cfg.max_vocab != len(loaded.tokenizer.vocab):
         raise CheckpointError("a student shares its teacher's vocabulary; drop --max-vocab")
+    place_model(loaded.model, resolve_device(cfg.device))  # the teacher runs beside the student, in fp32
     objective = Distillation(loaded.model, settings, seed=cfg.seed)
     provenance = {"teacher": loaded.name, "teacher_path": str(loaded.path),
                   "teacher_parameters": loaded.model.num_parameters(), "distillation": asdict(settings)}

@@ -59,7 +59,8 @@ def title_context(model: RNNLM, table: tuple[Tensor, Tensor], titles: Tensor, dr
     """Per-token context vectors [B, T, emb] for the targets' article titles."""
     vectors = model.context_vector(*table)[titles]
     if drop > 0:
-        keep = torch.rand(titles.shape[0], 1, 1) >= drop  # drop whole rows: the model learns "no topic"
+        # drop whole rows: the model learns "no topic"; drawn on the CPU's generator whatever the device
+        keep = (torch.rand(titles.shape[0], 1, 1) >= drop).to(vectors.device)
         vectors = vectors * keep
     return vectors
 

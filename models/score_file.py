@@ -91,13 +91,15 @@ def _text_index(param: str | None) -> int | None:
     return None
 
 
-def local_scorer(model: str, add_eos: bool, context: str | None) -> tuple[Scorer, str]:
-    """Score with a model folder in this process."""
+def local_scorer(model: str, add_eos: bool, context: str | None, device: str = "auto") -> tuple[Scorer, str]:
+    """Score with a model folder in this process, on `device` (models.device)."""
     from models.checkpoint import load_model
+    from models.device import resolve_device
     from models.engine import Engine
     from models.errors import InputError
 
-    engine = Engine(load_model(model), state_cache_bytes=0)
+    where = resolve_device(device)  # a missing GPU is reported before the model is read
+    engine = Engine(load_model(model), state_cache_bytes=0, device=where)
 
     def score(texts: list[str]):
         try:
@@ -272,6 +274,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-chars", type=_positive, default=10000, help="longer lines are reported and skipped")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--threads", type=_positive, default=None, help="torch threads (local model)")
+    p.add_argument("--device", default="auto", help="local model: auto (CUDA when available), cpu, cuda or cuda:N")
 
 
 def run(args: argparse.Namespace, stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> int:
@@ -292,7 +295,7 @@ def run(args: argparse.Namespace, stdout: IO[str] | None = None, stderr: IO[str]
         if args.url is not None:
             scorer, name, close = remote_scorer(args.url, args.model, args.add_eos, args.context, args.api_key)
         else:
-            scorer, name = local_scorer(args.model, args.add_eos, args.context)
+            scorer, name = local_scorer(args.model, args.add_eos, args.context, args.device)
         size = None if args.input == "-" else os.fstat(source.fileno()).st_size
         bar = tqdm(total=size, unit="B", unit_scale=True, desc="scoring", file=stderr,
                    disable=args.quiet or not stderr.isatty())

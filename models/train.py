@@ -26,6 +26,7 @@ from tqdm import tqdm
 from models.checkpoint import LoadedModel, load_model, read_config, save_model
 from models.config import TrainConfig
 from models.data import Corpus, load_corpus
+from models.device import autocast, describe, place_model, resolve_device, rng_states, set_rng_states
 from models.distributed import World
 from models.errors import CheckpointError, DataError, TrainingCancelled
 from models.evaluate import evaluate_stream, fit_context_boost
@@ -124,6 +125,7 @@ class Trainer:
         self.report_every_s = report_every_s
         self.objective = objective or CrossEntropy()
         self.provenance = dict(provenance or {})
+        self.device = resolve_device(cfg.device)  # a missing GPU fails here, before any data is read
         base = load_model(cfg.init) if cfg.init else None
         if base is not None:
             if vocab is not None and vocab.itos != base.tokenizer.vocab.itos:
@@ -137,6 +139,10 @@ class Trainer:
                                   train_tokens=cfg.train_tokens, valid_tokens=cfg.valid_tokens)
         self.tokenizer = Tokenizer(self.corpus.vocab, cfg.style)
         self.world = World.from_env()
+        if self.device.type == "cuda" and self.world.size > 1 and ":" not in cfg.device:
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # one GPU per rank
+        self.provenance["device"] = describe(self.device)
+        self.resumed_on_other_device = False
         torch.manual_seed(cfg.seed)
         if base is None:
             self.model = RNNLM(cfg.model_config(len(self.corpus.vocab)))  # the same initial weights on every rank
@@ -145,9 +151,13 @@ class Trainer:
             self.model = RNNLM(replace(base.config, dropout=cfg.dropout, context_dropout=cfg.context_dropout,
                                        context_boost=[]))
             self.model.load_state_dict({k: v.float() for k, v in base.model.state_dict().items()})
+        place_model(self.model, self.device)  # fp32 weights; --amp bf16 autocasts the forward pass
         self.opt = _make_optimizer(cfg, self.model)
         self.sched = _make_scheduler(cfg, self.opt)
         self.batches = Batches(self.corpus.train, cfg.batch_size, cfg.bptt, self.world)
+        # the whole (batchified) training stream lives on the device: a window is a slice of it
+        self.batches.ids, self.batches.titles = self.batches.ids.to(self.device), self.batches.titles.to(self.device)
+        self.batches.table = tuple(t.to(self.device) for t in self.batches.table)
         self.progress = progress and self.world.main
         self.start_epoch, self.best, self.bad_epochs, self.seconds = 1, math.inf, 0, 0.0
         self.history: list[dict] = []
@@ -166,7 +176,8 @@ class Trainer:
     # ---- run state ----------------------------------------------------------------------------
     def restore(self) -> None:
         """Continue from the run state of the last finished epoch."""
-        saved = torch.load(self.state_path, weights_only=True)
+        # tensors come back on the CPU and load into the model, optimiser and averager wherever they are
+        saved = torch.load(self.state_path, weights_only=True, map_location="cpu")
         # through ModelConfig, so a field added since (at its default) does not break a resume
         if ModelConfig.from_dict(saved["model_config"]) != self.model.config:
             raise CheckpointError(f"run state in {self.run_dir} was made with a different model configuration")
@@ -174,7 +185,8 @@ class Trainer:
         self.opt.load_state_dict(saved["optimizer"])
         if self.sched is not None and saved.get("scheduler"):
             self.sched.load_state_dict(saved["scheduler"])
-        torch.set_rng_state(saved["rng"])
+        # saved on another kind of device: dropout continues from another generator (see README)
+        self.resumed_on_other_device = not set_rng_states(saved, self.device)
         self.start_epoch, self.best, self.bad_epochs = saved["epoch"] + 1, saved["best"], saved["bad_epochs"]
         self.history, self.seconds = saved["history"], saved["seconds"]
         if saved.get("init") is not None:  # the start as it was: the --init folder may have changed since
@@ -187,7 +199,7 @@ class Trainer:
     def save_state(self, epoch: int) -> None:
         _atomic_torch_save({
             "epoch": epoch, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-            "scheduler": self.sched.state_dict() if self.sched is not None else None, "rng": torch.get_rng_state(),
+            "scheduler": self.sched.state_dict() if self.sched is not None else None, **rng_states(self.device),
             "best": self.best, "bad_epochs": self.bad_epochs, "history": self.history, "seconds": self.seconds,
             "best_model": self.best_state, "model_config": self.model.config.to_dict(),
             "averaged": self.averaged.state_dict() if self.averaged is not None else None,
@@ -212,14 +224,18 @@ class Trainer:
             self.averaged = AveragedModel(model)
         state = model.init_state(cfg.batch_size)
         self.objective.start_epoch(batches)
-        total_loss, n_steps, tokens, epoch_steps = 0.0, 0, 0, len(batches)
+        # the loss is summed on the device and read back only for reports: no host round trip per step
+        total_loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        n_steps, tokens, epoch_steps = 0, 0, len(batches)
         bar = tqdm(total=batches.tokens, unit="tok", unit_scale=True, desc=f"epoch {epoch}/{cfg.epochs}",
                    disable=not self.progress, mininterval=1.0, leave=False)
         for inputs, targets, titles in batches:
             if self.should_stop is not None and self.should_stop():
                 bar.close()
                 raise TrainingCancelled(f"stopped during epoch {epoch}")
-            loss, state = self.step_fn(inputs, detach_state(state), targets, titles)
+            with autocast(self.device, cfg.amp):
+                loss, state = self.step_fn(inputs, detach_state(state), targets, titles)
+            loss = loss.float()
             self.opt.zero_grad(set_to_none=True)
             loss.backward()  # DDP averages the gradients over the ranks here
             if cfg.clip > 0:
@@ -227,7 +243,7 @@ class Trainer:
             self.opt.step()
             if self.averaged is not None:
                 self.averaged.update_parameters(model)
-            total_loss += loss.item()
+            total_loss += loss.detach()
             n_steps += 1
             self.step += 1
             tokens += inputs.numel()
@@ -240,10 +256,10 @@ class Trainer:
                 tokens_per_s = self.world.size * tokens / max(now - t0, 1e-9)
                 steps_left = (epoch_steps - n_steps) + (cfg.epochs - epoch) * epoch_steps
                 self.on_step(StepReport(epoch, cfg.epochs, self.step, self.total_steps, n_steps, epoch_steps,
-                                        total_loss / n_steps, tokens_per_s, steps_left * (now - t0) / n_steps,
+                                        total_loss.item() / n_steps, tokens_per_s, steps_left * (now - t0) / n_steps,
                                         self.lr, self.start_epoch))
         bar.close()
-        return total_loss / max(n_steps, 1), n_steps, time.perf_counter() - t0
+        return total_loss.item() / max(n_steps, 1), n_steps, time.perf_counter() - t0
 
     def end_epoch(self, epoch: int, train_loss: float, n_steps: int, t0: float) -> tuple[float | None, bool]:
         """Validate, keep the best weights, step the schedule, record history; (valid ppl, improved)."""
@@ -255,7 +271,8 @@ class Trainer:
         improved = metric < self.best
         if improved:
             self.best, self.bad_epochs = metric, 0
-            self.best_state = copy.deepcopy(current.state_dict())
+            best = current.state_dict()
+            self.best_state = copy.deepcopy(best) if self.device.type == "cpu" else {k: v.cpu() for k, v in best.items()}
         else:
             self.bad_epochs += 1
         if isinstance(self.sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -294,6 +311,7 @@ class Trainer:
             return TrainResult(self.out, epoch, self.seconds, self.best, None, self.model.num_parameters(),
                                self.history)
         loaded = load_model(self.out)
+        place_model(loaded.model, self.device)  # the boost and the final perplexities on the training device
         fit_boost(loaded, self.corpus)
         test_ppl = finalize(self.out, self.corpus, loaded)
         world.barrier()

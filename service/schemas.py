@@ -14,8 +14,8 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
                       model_validator)
 
 from models.checkpoint import valid_name
-from models.config import (STUDENT_SIZE, Arch, DistillConfig, Optimizer, SaveDtype, Schedule, SettingError, Style,
-                           TrainConfig, check_setting, defaults)
+from models.config import (STUDENT_SIZE, Amp, Arch, DistillConfig, Optimizer, SaveDtype, Schedule, SettingError,
+                           Style, TrainConfig, check_setting, defaults)
 
 MAX_STOP = 4
 MAX_SEED = 2**63 - 1
@@ -75,14 +75,21 @@ class HealthResponse(BaseModel):
 class ReadyResponse(BaseModel):
     status: Literal["ready", "not_ready"]
     models: list[str]
+    device: str | None = Field(None, description="where models are served (cpu, cuda:N); absent when the configured "
+                                                "device is missing")
+    error: str | None = Field(None, description="why no model is served, when it is the device's fault")
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ready", "models": ["gru", "lstm", "student"]}]})
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"status": "ready", "models": ["gru", "lstm", "student"], "device": "cpu"},
+        {"status": "not_ready", "models": [], "error": "device 'cuda' is not available: this PyTorch has no CUDA "
+                                                   "support (torch 2.13.0+cpu); use --device cpu or auto"}]})
 
 
 MODEL_CARD_EXAMPLE = {
     "id": "lstm", "object": "model", "created": 1796083200, "owned_by": "rnnlm-serve",
     "name": "lstm", "aliases": ["default"], "arch": "lstm", "parameters": 9273168, "vocab_size": 33278,
     "context": True, "emb": 200, "hidden": 256, "layers": 2, "adaptive_softmax": True, "dtype": "float16",
+    "device": "cpu", "compute_dtype": "float32",
     "tokenizer": "wikitext", "metrics": {"valid_ppl": 120.9148, "test_ppl": 115.9719, "test_ppl_no_context": 118.8108},
     "provenance": {"corpus": "wikitext-2", "epochs": 22, "seed": 1234}}
 
@@ -103,6 +110,9 @@ class ModelCard(BaseModel):
     layers: int | None = None
     adaptive_softmax: bool | None = None
     dtype: str | None = Field(None, description="storage precision of the weights")
+    device: str | None = Field(None, description="where the model runs: cpu or cuda:N")
+    compute_dtype: str | None = Field(None, description="precision of the recurrent layers as served (fp32 on CPU; "
+                                                        "bfloat16 or float16 on CUDA)")
     tokenizer: str | None = Field(None, description="text normalisation style (wikitext, ptb, none)")
     metrics: dict[str, Any] = Field(default_factory=dict, description="measured perplexities etc.")
     provenance: dict[str, Any] = Field(default_factory=dict, description="corpus, checksum, epochs, seed, ...")
@@ -415,6 +425,9 @@ class JobRequest(Request):
     valid_tokens: int | None = Field(_TRAIN["valid_tokens"], description="use only the first N valid/test tokens")
     seed: int = _TRAIN["seed"]
     save_dtype: SaveDtype = _TRAIN["save_dtype"]
+    device: str = Field(_TRAIN["device"], max_length=16, description="where the worker trains: auto (the worker's "
+                        "own device setting, RNNLM_DEVICE), cpu, cuda or cuda:N; a device the worker lacks fails the job")
+    amp: Amp = Field(_TRAIN["amp"], description="bf16: bf16 autocast for the forward pass (on CUDA; the loss stays fp32)")
     init: ModelFolderName | None = Field(None, description="start from this served model's weights, architecture "
                                          "and vocabulary (a new run; the size fields are ignored)")
     overwrite: bool = Field(False, description="add a new version to an existing model of this name; it is "
@@ -482,7 +495,7 @@ class JobRequest(Request):
             lr=self.lr, optimizer=self.optimizer, weight_decay=self.weight_decay, clip=self.clip,
             schedule=self.schedule, patience=self.patience, seed=self.seed, max_vocab=self.max_vocab,
             style=self.style, train_tokens=self.train_tokens, valid_tokens=self.valid_tokens,
-            save_dtype=self.save_dtype, average_from=self.average_from)
+            save_dtype=self.save_dtype, average_from=self.average_from, device=self.device, amp=self.amp)
 
     def to_distill_config(self) -> DistillConfig:
         return DistillConfig(temperature=self.temperature, alpha=self.alpha, kd_fraction=self.kd_fraction)
