@@ -12,7 +12,8 @@ import sys
 from collections.abc import Sequence
 
 from models.cli import COMMANDS as LIBRARY_COMMANDS
-from models.cli import EXIT_ERROR, EXIT_USAGE, Command, OneLineParser, add_commands, number, positive, run_command
+from models.cli import (EXIT_ERROR, EXIT_USAGE, Command, OneLineParser, add_commands, add_device_flag, number, positive,
+                        run_command)
 
 port = number(int, lambda v: 0 <= v <= 65535, "in [0, 65535]", "a port number")
 
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=positive(), default=None, help="torch threads")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     p.add_argument("--jobs-db", default=None, help="training job database (default: jobs.db)")
+    add_device_flag(p, default=None)
     p.add_argument("--with-worker", action="store_true",
                    help="also run a training worker process (same checkpoints and job database)")
 
@@ -52,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=port, default=None, help="Prometheus metrics port; 0 = off (default)")
     p.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics server")
     p.add_argument("--once", action="store_true", help="process at most one job (none if the queue is empty)")
+    add_device_flag(p, default=None)
     p.add_argument("--threads", type=positive(), default=None, help="torch threads")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)  # serve --with-worker
@@ -83,6 +86,7 @@ def _start_worker(settings, log_level: str):
            "--jobs-db", str(settings.jobs_db), "--log-level", log_level, "--parent-pid", str(os.getpid())]
     if settings.threads:
         cmd += ["--threads", str(settings.threads)]
+    cmd += ["--device", settings.device]
     return subprocess.Popen(cmd)
 
 
@@ -112,7 +116,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     flags = {"host": args.host, "port": args.port, "checkpoints": args.checkpoints, "api_key": args.api_key,
-             "threads": args.threads, "jobs_db": args.jobs_db}
+             "threads": args.threads, "jobs_db": args.jobs_db, "device": args.device}
     settings = _settings("serve", flags)
     if settings is None:
         return EXIT_USAGE
@@ -152,7 +156,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import logging
 
     flags = {"checkpoints": args.checkpoints, "jobs_db": args.jobs_db, "worker_poll_interval_s": args.poll_interval,
-             "job_stale_after_s": args.stale_after, "worker_metrics_port": args.metrics_port, "threads": args.threads}
+             "job_stale_after_s": args.stale_after, "worker_metrics_port": args.metrics_port, "threads": args.threads,
+             "device": args.device}
     settings = _settings("worker", flags)
     if settings is None:
         return EXIT_USAGE

@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from models.device import DeviceError
 from models.errors import CheckpointError, InputError
 from models.versions import PromotionRefused, VersionError, VersionNotFound
 from service.jobs import JobConflict, JobNotFound
@@ -86,6 +87,7 @@ DOMAIN_ERRORS: dict[type[Exception], tuple[int, str]] = {
     InputError: (422, "invalid_request_error"),
     QueueFullError: (503, "overloaded"),
     CheckpointError: (503, "model_unavailable"),
+    DeviceError: (503, "device_unavailable"),
 }
 _DESCRIBE: dict[type[Exception], Callable[[Exception], tuple[str, str | None]]] = {
     JobNotFound: lambda exc: (f"no job with id {exc.args[0]!r}" if exc.args else "no such job", "id"),

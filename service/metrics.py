@@ -46,6 +46,19 @@ ADMISSION_REJECTED = Counter("rnnlm_admission_rejected", "Inference requests ans
                                                          "limit reached, or waited too long to be read", ["reason"])
 ADMISSION_LIMIT = Gauge("rnnlm_admission_limit", "Current limit on inference requests running at once")
 ADMISSION_IN_FLIGHT = Gauge("rnnlm_admission_in_flight", "Inference requests admitted and running")
+MODEL_DEVICE = Gauge("rnnlm_model_device_info", "1 per served model, labelled with the device it runs on and the "
+                     "precision of its recurrent layers", ["model", "device", "dtype"])
+_model_devices: dict[str, tuple[str, str]] = {}
+
+
+def model_device(model: str, device: str | None, dtype: str = "float32") -> None:
+    """Record where a model is served (`device` None: it is no longer served)."""
+    old = _model_devices.pop(model, None)
+    if old is not None:
+        MODEL_DEVICE.remove(model, *old)
+    if device is not None:
+        _model_devices[model] = (device, dtype)
+        MODEL_DEVICE.labels(model, device, dtype).set(1)
 
 
 def state_cache_listener(model: str) -> Callable[[str, int], None]:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from models.checkpoint import CONFIG, VOCAB, WEIGHTS, load_model, valid_name
+from models.device import DeviceError, resolve_device
 from models.engine import Engine
 from models.errors import CheckpointError
 from models.versions import POINTER, current_folder
@@ -73,6 +74,14 @@ class ModelRegistry:
         self._scan_lock = threading.Lock()     # one scan at a time (watcher vs. reload())
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # the configured device, resolved once: where it is missing no model loads, /ready says why
+        # and model requests get 503 (not a crash, and not a misleading 404)
+        self.device_error: str | None = None
+        try:
+            self.device = resolve_device(settings.device)
+        except DeviceError as exc:
+            self.device, self.device_error = None, str(exc)
+            log.error("%s: no model will be served", exc)
 
     # ---- lookups -------------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -102,6 +111,8 @@ class ModelRegistry:
         with self._lock:
             engine = self._engines.get(resolved) if resolved else None
         if engine is None:
+            if self.device_error is not None:
+                raise DeviceError(f"no model can be served: {self.device_error}")
             raise ModelNotFoundError(name or DEFAULT_ALIAS, param)
         return engine
 
@@ -128,6 +139,8 @@ class ModelRegistry:
     def reload(self) -> None:
         """One synchronous scan: load new and changed models, drop removed ones."""
         with self._scan_lock:
+            if self.device is None:  # the configured device is missing: nothing can load
+                return
             found, swapping = self._candidates()
             for name, path in sorted(found.items()):
                 stamp = model_stamp(path)
@@ -135,7 +148,7 @@ class ModelRegistry:
                     continue
                 try:
                     engine = self._engine(current_folder(path), name)  # the version its pointer names
-                except CheckpointError as exc:
+                except (CheckpointError, DeviceError) as exc:
                     self._failed[name] = stamp
                     metrics.MODEL_LOAD_FAILURES.inc()
                     kept = " (still serving the previous version)" if name in self._stamps else ""
@@ -149,6 +162,7 @@ class ModelRegistry:
                 with self._lock:
                     replaced = name in self._engines
                     self._engines[name] = engine
+                metrics.model_device(name, str(engine.device), str(engine.dtype).removeprefix("torch."))
                 self._stamps[name] = stamp
                 self._failed.pop(name, None)
                 log.info("%s model %r from %s (%s, %s parameters)", "reloaded" if replaced else "loaded",
@@ -156,6 +170,7 @@ class ModelRegistry:
             for name in set(self._stamps) - set(found) - swapping:  # mid-swap: gone for a moment only
                 with self._lock:
                     self._engines.pop(name, None)
+                metrics.model_device(name, None)
                 self._stamps.pop(name, None)
                 log.info("model %r removed from %s: no longer served", name, self.root)
             for name in set(self._failed) - set(found):
@@ -168,7 +183,7 @@ class ModelRegistry:
         s = self.settings
         return Engine(load_model(path, name=name), state_cache_bytes=int(s.state_cache_mb * 2**20),
                       cache_listener=metrics.state_cache_listener(name),
-                      quantize="int8" if name in s.quantize else None)
+                      quantize="int8" if name in s.quantize else None, device=self.device, dtype=s.serve_dtype)
 
     # ---- watcher -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -193,3 +208,5 @@ class ModelRegistry:
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
+        for name in self.names():  # this process no longer serves them
+            metrics.model_device(name, None)

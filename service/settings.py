@@ -7,6 +7,8 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from models.device import DEVICE_HELP, ServeDtype, valid_device
+
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
@@ -61,6 +63,12 @@ class Settings(BaseSettings):
                                                                   "(headers and body) this long after it opened or "
                                                                   "began the request is closed")
 
+    # devices (models.device)
+    device: str = Field("auto", description="where models are served and jobs train: auto (CUDA when available), "
+                                            "cpu, cuda or cuda:N; a missing one leaves /ready at 503 saying why")
+    serve_dtype: ServeDtype = Field("auto", description="precision of served recurrent layers on CUDA (auto: bf16, "
+                                                       "else fp16); always fp32 on the CPU")
+
     # training jobs (used by the jobs API and the worker)
     data_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list,
                                                         description="`:`-separated corpus folders jobs may read")
@@ -75,6 +83,14 @@ class Settings(BaseSettings):
     def _split_roots(cls, value: object) -> object:
         if isinstance(value, str):
             return [part for part in value.split(":") if part.strip()]
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not valid_device(value):
+            raise ValueError(f"must be {DEVICE_HELP}; got {value!r}")
         return value
 
     @field_validator("quantize", mode="before")

@@ -170,7 +170,7 @@ class Worker:
     def __init__(self, store: JobStore, checkpoints: str | Path, *, poll_interval_s: float = 1.0,
                  worker_id: str | None = None, heartbeat_s: float | None = None,
                  data_roots: Sequence[str | Path] = (),
-                 parent_pid: int | None = None) -> None:
+                 parent_pid: int | None = None, device: str = "auto") -> None:
         self.store = store
         self.checkpoints = Path(checkpoints)
         self.poll_interval_s = poll_interval_s
@@ -178,6 +178,7 @@ class Worker:
         # beat often enough that a live worker is never taken for dead
         self.heartbeat_s = heartbeat_s or max(0.2, min(10.0, store.stale_after_s / 4))
         self.parent_pid = parent_pid
+        self.device = device  # for jobs that leave theirs at "auto" (RNNLM_DEVICE, --device)
         self.data_roots = list(data_roots)  # where a job's corpus files may resolve to (none: its own folder)
         self.stop_event = threading.Event()
 
@@ -283,6 +284,8 @@ class Worker:
                                   "submit with overwrite=true to add a new version of it")
         cfg = request.to_train_config(out=run_dir / "out" / job.name, run_dir=run_dir / "state",
                                       checkpoints=self.checkpoints)
+        if cfg.device == "auto":
+            cfg.device = self.device  # a device the worker lacks fails the job with models.device's message
         if request.init:  # the version of it being served
             cfg = replace(cfg, init=str(current_folder(self.checkpoints / request.init)))
         # The staging folder belongs to this job alone: always resumable, always overwritable.
@@ -319,7 +322,7 @@ def run_worker(settings: Settings, *, once: bool = False, metrics_host: str = "1
     store = JobStore(settings.jobs_db, stale_after_s=settings.job_stale_after_s)
     worker = Worker(store, settings.checkpoints, data_roots=settings.data_roots,
                     poll_interval_s=settings.worker_poll_interval_s,
-                    parent_pid=parent_pid)
+                    parent_pid=parent_pid, device=settings.device)
 
     def on_signal(signum: int, frame: object) -> None:
         log.info("worker %s: %s received, stopping after the current step", worker.id, signal.Signals(signum).name)

@@ -21,13 +21,16 @@ async def health() -> HealthResponse:
     return HealthResponse()
 
 
-@router.get("/ready", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
+@router.get("/ready", response_model=ReadyResponse, response_model_exclude_none=True,
+            responses={503: {"model": ReadyResponse}})
 async def ready(registry: RegistryDep):
-    """200 when at least one model is loaded, else 503."""
+    """200 when at least one model is loaded, else 503 (with the reason when the configured device is missing)."""
     names = registry.names()
+    device = str(registry.device) if registry.device is not None else None
     if not names:
-        return JSONResponse(ReadyResponse(status="not_ready", models=[]).model_dump(), status_code=503)
-    return ReadyResponse(status="ready", models=names)
+        body = ReadyResponse(status="not_ready", models=[], device=device, error=registry.device_error)
+        return JSONResponse(body.model_dump(exclude_none=True), status_code=503)
+    return ReadyResponse(status="ready", models=names, device=device)
 
 
 @router.get("/metrics", response_class=Response,
