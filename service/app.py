@@ -7,12 +7,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from prometheus_client import REGISTRY
 
-from service import errors
+from service import errors, request_id
 from service.admission import AdmissionMiddleware
 from service.batcher import Batcher
+from service.deps import InferenceKeyDep
 from service.jobs import JobStore
 from service.metrics import JobCounts, MetricsMiddleware
 from service.registry import ModelRegistry
@@ -72,10 +74,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.jobs = JobStore(settings.jobs_db, stale_after_s=settings.job_stale_after_s)  # opened on first use
     for module in (health, models, score, generate, openai, jobs, page):
-        app.include_router(module.router)
+        inference = module in (score, generate, openai)  # these need the key when api_key_inference is set
+        app.include_router(module.router, dependencies=[InferenceKeyDep] if inference else None)
     errors.install(app)
     app.add_middleware(errors.SurrogateMiddleware)  # innermost: lone surrogates in any JSON body become U+FFFD
     app.add_middleware(AdmissionMiddleware, settings=settings)  # inside the body limit: reads bodies through it
     app.add_middleware(errors.BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, api=app)  # added last = outermost: sees every response
+    app.add_middleware(MetricsMiddleware, api=app)  # outermost but for CORS and the request id: sees every response
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", request_id.HEADER],
+                           expose_headers=[request_id.HEADER, "Retry-After", "X-Context-Used", "X-Warnings"])
+    request_id.install(app)  # added last = outermost: every log line of a request carries its id
     return app

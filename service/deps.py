@@ -5,6 +5,7 @@ import secrets
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.errors import AuthenticationError, PermissionDeniedError
 from service.jobs import JobStore
@@ -63,16 +64,30 @@ CompletionDep = Annotated[CompletionService, Depends(get_completions)]
 ModelServiceDep = Annotated[ModelService, Depends(get_model_service)]
 
 
-async def require_api_key(request: Request, settings: SettingsDep) -> None:
+# The key as an OpenAPI security scheme (the Authorize button of /docs); missing or non-Bearer credentials
+# come through as None and are refused below in the API's error shape, not by FastAPI.
+bearer = HTTPBearer(scheme_name="APIKey", description="`RNNLM_API_KEY`: always needed on the training-job routes, "
+                    "and on the inference routes when `RNNLM_API_KEY_INFERENCE` is set", auto_error=False)
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+
+async def require_api_key(settings: SettingsDep, credentials: BearerDep) -> None:
     """With an API key configured, demand `Authorization: Bearer <key>` (jobs and admin routes):
     AuthenticationError (401) when it is missing, PermissionDeniedError (403) when it is wrong."""
     if settings.api_key is None:
         return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = credentials.credentials.strip() if credentials is not None else ""
+    if not token:
         raise AuthenticationError("this route needs an API key (Authorization: Bearer <key>)")
-    if not secrets.compare_digest(token.strip().encode(), settings.api_key.get_secret_value().encode()):
+    if not secrets.compare_digest(token.encode(), settings.api_key.get_secret_value().encode()):
         raise PermissionDeniedError("wrong API key")
 
 
+async def require_inference_key(settings: SettingsDep, credentials: BearerDep) -> None:
+    """The API key check on the inference routes, when `api_key_inference` asks for it."""
+    if settings.api_key_inference:
+        await require_api_key(settings, credentials)
+
+
 ApiKeyDep = Depends(require_api_key)
+InferenceKeyDep = Depends(require_inference_key)

@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from service.admission import RECEIVED_AT
+from service.request_id import log_config
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ def protocol_class(read_timeout_s: float) -> type[H11Protocol]:
 def build_server(app: FastAPI, settings: Settings, log_level: str = "info") -> uvicorn.Server:
     """One server process: the models live in this process' memory; scale out with replicas."""
     config = uvicorn.Config(app, host=settings.host, port=settings.port, workers=1, log_level=log_level,
-                            http=protocol_class(settings.request_read_timeout_s))
+                            http=protocol_class(settings.request_read_timeout_s), log_config=log_config(log_level))
     return uvicorn.Server(config)
 
 

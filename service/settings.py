@@ -27,6 +27,11 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     api_key: SecretStr | None = None
+    api_key_inference: bool = Field(False, description="also require the API key on the inference routes (score, "
+                                                       "perplexity, rank, next-word, generate, completions)")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="`,`-separated origins browsers may call the API from (CORS); empty = "
+                                          "CORS off (same-origin pages only)")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice)")
 
     # request limits
@@ -85,6 +90,13 @@ class Settings(BaseSettings):
             return [part for part in value.split(":") if part.strip()]
         return value
 
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
     @field_validator("device")
     @classmethod
     def _device_name(cls, value: str) -> str:
@@ -104,6 +116,12 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_key_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _inference_key_needs_a_key(self) -> Settings:
+        if self.api_key_inference and self.api_key is None:
+            raise ValueError("api_key_inference needs an api_key (RNNLM_API_KEY)")
+        return self
 
     @model_validator(mode="after")
     def _default_alias(self) -> Settings:

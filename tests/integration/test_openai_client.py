@@ -18,7 +18,8 @@ SENTENCE = "The game was released in Japan in 2011 ."
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, proc_tools) -> Iterator[str]:
+def served(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, proc_tools) -> Iterator[tuple[str, Path]]:
+    """The server's URL and its log file."""
     tmp = tmp_path_factory.mktemp("openai-server")
     checkpoints = tmp / "checkpoints"
     checkpoints.mkdir()
@@ -31,9 +32,14 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, proc_tool
     url = f"http://127.0.0.1:{port}"
     try:
         proc_tools.wait_ready(f"{url}/ready", proc, log, "rnnlm serve", timeout_s=90)
-        yield url
+        yield url, log
     finally:
         proc_tools.stop(proc)
+
+
+@pytest.fixture(scope="module")
+def server(served: tuple[str, Path]) -> str:
+    return served[0]
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +110,11 @@ def test_models_list(oai: openai.OpenAI) -> None:
     model = models.data[0]
     assert model.object == "model" and model.owned_by == "rnnlm-serve" and model.created > 0
     assert oai.models.retrieve("default").id == "lstm"
+
+
+def test_request_id_reaches_the_response_and_the_log(oai: openai.OpenAI, served: tuple[str, Path]) -> None:
+    raw = oai.completions.with_raw_response.create(model="lstm", prompt="The film", max_tokens=1,
+                                                   extra_headers={"X-Request-ID": "trace-0042"})
+    assert raw.headers["x-request-id"] == "trace-0042"
+    log = served[1].read_text()
+    assert any("[trace-0042]" in line and "/v1/completions" in line for line in log.splitlines()), log[-2000:]
