@@ -35,14 +35,14 @@ def get_model(name: str, models: ModelServiceDep) -> ModelDetail:
 @router.post("/{name}/versions/{version}/promote", response_model=ModelDetail, dependencies=[ApiKeyDep],
              responses=ADMIN_ERRORS)
 def promote_version(name: str, version: Annotated[int, Path(ge=1)], models: ModelServiceDep,
-                    body: Annotated[PromoteRequest | None, Body()] = None) -> ModelDetail:
+                    body: Annotated[PromoteRequest, Body()] = PromoteRequest()) -> ModelDetail:
     """Serve a version if its validation perplexity is no worse than the current one's on the same data
     (409 `promotion_refused` says why not), or anyway with `"force": true`."""
-    return models.promote(name, version, force=(body or PromoteRequest()).force)
+    return models.promote(name, version, force=body.force)
 
 
 @router.post("/{name}/rollback", response_model=ModelDetail, dependencies=[ApiKeyDep], responses=ADMIN_ERRORS)
 def rollback_model(name: str, models: ModelServiceDep,
-                   body: Annotated[RollbackRequest | None, Body()] = None) -> ModelDetail:
+                   body: Annotated[RollbackRequest, Body()] = RollbackRequest()) -> ModelDetail:
     """Serve the version that was served before the current one (or `version`), without the gate."""
-    return models.rollback(name, (body or RollbackRequest()).version)
+    return models.rollback(name, body.version)
