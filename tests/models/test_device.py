@@ -153,3 +153,88 @@ def test_generation_in_chunks_equals_token_by_token(loaded, params):
         assert choice.text == finals[choice.index].text
         assert choice.finish_reason == finals[choice.index].finish_reason
         assert choice.tokens == [e.token for e in events if e.index == choice.index and e.finish_reason is None]
+
+
+# ---- training ---------------------------------------------------------------------------------------
+def _tiny_config(corpus: Path, out: Path, **overrides):
+    from models.train import TrainConfig
+
+    settings = dict(data=str(corpus), out=str(out), run_dir=str(out.parent / f"run-{out.name}"), arch="lstm", emb=16,
+                    hidden=24, layers=1, epochs=1, batch_size=16, bptt=20, max_vocab=2000, train_tokens=20000,
+                    valid_tokens=3000, seed=5)
+    return TrainConfig(**{**settings, **overrides})
+
+
+def test_training_on_cpu_records_its_device_and_rng_states(tiny_corpus, tmp_path):
+    from models.checkpoint import read_config
+    from models.train import train
+
+    cfg = _tiny_config(tiny_corpus, tmp_path / "cpu", device="cpu")
+    train(cfg, progress=False)
+    prov = read_config(cfg.out)["provenance"]
+    assert prov["device"] == "cpu"
+    assert prov["train_config"]["device"] == "cpu" and prov["train_config"]["amp"] == "none"
+    saved = torch.load(Path(cfg.run_dir) / "state.pt", weights_only=True)
+    assert saved["rng"].dtype == torch.uint8 and saved["cuda_rng"] is None
+
+
+def test_auto_trains_like_cpu_on_a_cpu_machine(tiny_corpus, tmp_path):
+    """`auto` on a CPU-only machine is the CPU: the same weights, bit for bit."""
+    from models.train import train
+
+    if torch.cuda.is_available():
+        pytest.skip("auto picks the GPU here")
+    a = _tiny_config(tiny_corpus, tmp_path / "auto", device="auto")
+    b = _tiny_config(tiny_corpus, tmp_path / "cpu", device="cpu")
+    train(a, progress=False)
+    train(b, progress=False)
+    wa, wb = load_model(a.out).model.state_dict(), load_model(b.out).model.state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_bf16_autocast_trains_with_an_fp32_loss(tiny_corpus, tmp_path):
+    from models.train import Trainer
+
+    cfg = _tiny_config(tiny_corpus, tmp_path / "amp", device="cpu", amp="bf16", context=True)
+    trainer = Trainer(cfg, progress=False)
+    losses = []
+    trainer.on_epoch = lambda report: losses.append(report.loss)
+    result = trainer.fit()
+    assert len(losses) == 1 and 0 < losses[0] < 20
+    assert result.valid_ppl is not None and result.valid_ppl < 2000
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # weights stay fp32
+    folder = load_model(cfg.out)
+    assert Engine(folder).score(["The game was released ."])[0].logprob < 0
+
+
+@no_cuda
+@pytest.mark.parametrize("command", ["train", "distill", "eval", "generate"])
+def test_cli_reports_a_missing_gpu_and_writes_nothing(command, tiny_model, tiny_corpus, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "never"
+    args = {"train": ["--data", str(tiny_corpus), "--out", str(out)],
+            "distill": ["--teacher", str(tiny_model), "--data", str(tiny_corpus), "--out", str(out)],
+            "eval": ["--model", str(tiny_model), "--data", str(tiny_corpus)],
+            "generate": ["--model", str(tiny_model), "--prompt", "The"]}[command]
+    proc = subprocess.run([sys.executable, "-m", "models.cli", command, *args, "--device", "cuda"],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(f"rnnlm {command}: error: device 'cuda' is not available")
+    assert not out.exists()
+
+
+def test_eval_on_an_explicit_cpu_equals_the_default(tiny_model, tiny_corpus):
+    import json
+    import subprocess
+    import sys
+
+    runs = [json.loads(subprocess.run([sys.executable, "-m", "models.cli", "eval", "--model", str(tiny_model),
+                                       "--data", str(tiny_corpus), "--lines", "40", "--json", *flags],
+                                      capture_output=True, text=True, timeout=300, cwd=REPO, check=True).stdout)
+            for flags in ([], ["--device", "cpu"])]
+    assert runs[1]["device"] == "cpu"
+    if not torch.cuda.is_available():
+        assert runs[0]["device"] == "cpu"
+        assert runs[0]["perplexity"] == runs[1]["perplexity"] and runs[0]["nll"] == runs[1]["nll"]
