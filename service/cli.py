@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=positive(), default=None, help="torch threads")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)  # serve --with-worker
+    p.add_argument("--worker-id", default=None, help=argparse.SUPPRESS)  # serve --with-worker
     return parser
 
 
@@ -77,17 +78,22 @@ def _settings(command: str, flags: dict):
         return None
 
 
-def _start_worker(settings, log_level: str):
-    """The `--with-worker` subprocess: same checkpoints and job database; exits if this server dies."""
+def _worker_command(settings, log_level: str):
+    """The `--with-worker` subprocess' command line, given its worker id: same checkpoints and job database;
+    it exits if this server dies."""
     import os
-    import subprocess
 
-    cmd = [sys.executable, "-m", "service.cli", "worker", "--checkpoints", str(settings.checkpoints),
-           "--jobs-db", str(settings.jobs_db), "--log-level", log_level, "--parent-pid", str(os.getpid())]
-    if settings.threads:
-        cmd += ["--threads", str(settings.threads)]
-    cmd += ["--device", settings.device]
-    return subprocess.Popen(cmd)
+    parent = os.getpid()
+
+    def command(worker_id: str) -> list[str]:
+        cmd = [sys.executable, "-m", "service.cli", "worker", "--checkpoints", str(settings.checkpoints),
+               "--jobs-db", str(settings.jobs_db), "--log-level", log_level, "--parent-pid", str(parent),
+               "--worker-id", worker_id]
+        if settings.threads:
+            cmd += ["--threads", str(settings.threads)]
+        cmd += ["--device", settings.device]
+        return cmd
+    return command
 
 
 class _Terminated(Exception):
@@ -96,19 +102,6 @@ class _Terminated(Exception):
 
 def _raise_terminated(signum: int, frame: object) -> None:
     raise _Terminated
-
-
-def _stop_worker(proc, grace_s: float = 30.0) -> None:
-    """SIGTERM (the worker hands its job back to the queue), then SIGKILL if it does not exit in time."""
-    import subprocess
-
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -133,9 +126,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
-    worker, terminated, status = None, False, 0
-    if args.with_worker:
-        worker = _start_worker(settings, args.log_level)
+    supervisor, terminated, status = None, False, 0
+    if args.with_worker:  # restarted with backoff if it dies; /ready and the metrics say whether it is up
+        from service.supervisor import BACKOFF_S, WorkerSupervisor
+
+        supervisor = WorkerSupervisor(_worker_command(settings, args.log_level), app.state.jobs,
+                                      backoff_s=(settings.worker_restart_backoff_s, BACKOFF_S[1]))
+        app.state.worker_supervisor = supervisor
+        supervisor.start()
         # uvicorn re-raises SIGTERM after its graceful shutdown: turn it into an exception so that
         # the worker is stopped before this process goes.
         signal.signal(signal.SIGTERM, _raise_terminated)
@@ -144,8 +142,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except _Terminated:
         terminated = True
     finally:
-        if worker is not None:
-            _stop_worker(worker)
+        if supervisor is not None:
+            supervisor.stop()
     if terminated:  # exit reporting the signal, as without a worker
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.raise_signal(signal.SIGTERM)
@@ -164,7 +162,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from service.worker import run_worker
 
-    return run_worker(settings, once=args.once, metrics_host=args.metrics_host, parent_pid=args.parent_pid)
+    return run_worker(settings, once=args.once, metrics_host=args.metrics_host, parent_pid=args.parent_pid,
+                      worker_id=args.worker_id)
 
 
 COMMANDS: dict[str, Command] = {**LIBRARY_COMMANDS, "serve": cmd_serve, "worker": cmd_worker}

@@ -209,17 +209,25 @@ class JobStore:
         if conn is None:
             with self._write() as conn:
                 return self.recover_stale(conn)
-        now = time.time()
-        cutoff = now - self.stale_after_s
         stale = "status = 'running' AND (heartbeat_at IS NULL OR heartbeat_at < ?)"
-        ids = [r[0] for r in conn.execute(f"SELECT id FROM jobs WHERE {stale}", (cutoff,))]
+        return self._recover(conn, stale, (time.time() - self.stale_after_s,))
+
+    def requeue_worker(self, worker_id: str) -> list[str]:
+        """Recover the running jobs of a worker known to be dead (its supervisor saw it exit) at once,
+        as `recover_stale` would once their heartbeat is old; returns their ids."""
+        with self._write() as conn:
+            return self._recover(conn, "status = 'running' AND worker_id = ?", (worker_id,))
+
+    def _recover(self, conn: sqlite3.Connection, where: str, args: tuple) -> list[str]:
+        now = time.time()
+        ids = [r[0] for r in conn.execute(f"SELECT id FROM jobs WHERE {where}", args)]
         conn.execute(f"UPDATE jobs SET status = 'cancelled', finished_at = ?, worker_id = NULL "
-                     f"WHERE {stale} AND cancel_requested = 1", (now, cutoff))
+                     f"WHERE {where} AND cancel_requested = 1", (now, *args))
         conn.execute(f"UPDATE jobs SET status = 'failed', finished_at = ?, worker_id = NULL, "
                      f"error = 'the worker running this job died ' || (recoveries + 1) || ' times' "
-                     f"WHERE {stale} AND recoveries + 1 >= ?", (now, cutoff, MAX_RECOVERIES + 1))
+                     f"WHERE {where} AND recoveries + 1 >= ?", (now, *args, MAX_RECOVERIES + 1))
         conn.execute(f"UPDATE jobs SET status = 'queued', worker_id = NULL, heartbeat_at = NULL, "
-                     f"recoveries = recoveries + 1 WHERE {stale}", (cutoff,))
+                     f"recoveries = recoveries + 1 WHERE {where}", args)
         return ids
 
     def claim(self, worker_id: str) -> Job | None:

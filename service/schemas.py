@@ -72,9 +72,21 @@ class HealthResponse(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
 
 
+class WorkerState(BaseModel):
+    """The training worker of `rnnlm serve --with-worker`."""
+    status: Literal["running", "restarting", "stopped"] = Field(description="restarting: it died and a new one "
+                                                                             "starts after a backoff")
+    pid: int | None = None
+    restarts: int = Field(description="workers started after one died")
+    last_exit: str | None = Field(None, description="how the last worker ended, e.g. `killed by SIGKILL`")
+
+
 class ReadyResponse(BaseModel):
-    status: Literal["ready", "not_ready"]
+    status: Literal["ready", "not_ready", "degraded"] = Field(description="degraded: the models are served but "
+                                                                          "the training worker is down (503)")
     models: list[str]
+    worker: WorkerState | None = Field(None, exclude_if=lambda v: v is None,
+                                       description="only with `rnnlm serve --with-worker`")
     device: str | None = Field(None, description="where models are served (cpu, cuda:N); absent when the configured "
                                                 "device is missing")
     error: str | None = Field(None, description="why no model is served, when it is the device's fault")

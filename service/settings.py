@@ -82,6 +82,8 @@ class Settings(BaseSettings):
                                                              "this long is re-queued (its worker died)")
     worker_poll_interval_s: float = Field(1.0, gt=0, description="how often an idle worker looks for jobs")
     worker_metrics_port: int = Field(0, ge=0, le=65535, description="worker's Prometheus port; 0 = off")
+    worker_restart_backoff_s: float = Field(0.5, gt=0, le=30, description="serve --with-worker: wait before "
+                                            "restarting a dead worker; doubles while workers die young, up to 30 s")
 
     @field_validator("data_roots", mode="before")
     @classmethod
