@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 
 from models.errors import CheckpointError, InputError
+from models.versions import PromotionRefused, VersionError, VersionNotFound
 from service import errors
 from service.app import create_app
 from service.errors import (AuthenticationError, BadRequestError, ConflictError, ModelNotFoundError,
@@ -173,6 +174,10 @@ DOMAIN = [
     (InputError("k must be at least 1", "k"), 422, "invalid_request_error", "k", "at least 1", {}),
     (QueueFullError("lstm", 256, retry_after_s=2), 503, "overloaded", None, "overloaded", {"retry-after": "2"}),
     (CheckpointError("weights.pt is truncated"), 503, "model_unavailable", None, "truncated", {}),
+    (VersionNotFound("model 'lstm' has no version 9"), 404, "version_not_found", "version", "no version 9", {}),
+    (PromotionRefused("lstm", 2, "validation perplexity 3737.40 is worse than version 1's 120.91"), 409,
+     "promotion_refused", None, "3737.40 is worse", {}),
+    (VersionError("no earlier version to roll back to"), 409, "conflict", None, "roll back", {}),
 ]
 
 
