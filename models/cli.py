@@ -82,6 +82,10 @@ HELP = {
     "kd_fraction": "share of positions per window that get the soft-label term (unbiased estimate)",
     "device": "where to train: auto (CUDA when available), cpu, cuda or cuda:N",
     "amp": "bf16: bf16 autocast for the forward pass, the loss kept in fp32 (for CUDA)",
+    "preset": "adapt: defaults for fine-tuning --init on a small corpus (few epochs, lower lr, early stopping); "
+              "flags given explicitly win",
+    "extend_vocab": "with --init: add up to N words of the corpus the model does not know (seen --min-count times)",
+    "min_count": "with --extend-vocab: how often a new word must occur in train.txt",
 }
 METAVAR = {"average_from": "EPOCH", "init": "MODEL"}
 
@@ -128,7 +132,10 @@ def add_device_flag(p: argparse.ArgumentParser, default: str | None = "auto") ->
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    from models.adapt import with_preset
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    default = defaults(TrainConfig)
+    return with_preset(cfg, explicit=[name for name in default if getattr(args, name, None) != default[name]])
 
 
 # ---- commands -------------------------------------------------------------------------------------

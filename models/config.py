@@ -21,6 +21,7 @@ Optimizer = Literal["adam", "sgd"]
 Schedule = Literal["plateau", "cosine", "none"]
 Style = Literal["wikitext", "ptb", "none"]
 SaveDtype = Literal["float32", "float16"]
+Preset = Literal["none", "adapt"]
 
 MAX_SEED = 2**63 - 1
 
@@ -48,6 +49,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "temperature": (lambda v: v > 0, "> 0"), "alpha": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "kd_fraction": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "device": (valid_device, DEVICE_HELP),
+    "extend_vocab": (lambda v: v >= 0, ">= 0"), "min_count": (lambda v: v >= 1, ">= 1"),
 }
 
 
@@ -127,12 +129,17 @@ class TrainConfig:
     average_from: int | None = None
     device: str = "auto"   # where to train (models.device): auto, cpu, cuda or cuda:N
     amp: Amp = "none"      # bf16: autocast the forward pass to bf16 (the loss stays fp32)
+    preset: Preset = "none"  # adapt: small-corpus fine-tune defaults (models.adapt.ADAPT_PRESET)
+    extend_vocab: int = 0    # with init: add up to N of the corpus' new words to the vocabulary
+    min_count: int = 3       # ... those seen at least this often in the training split
 
     def __post_init__(self) -> None:
         self.cutoffs = list(self.cutoffs)
         _check_all(self)
         if self.tie:
             self.adaptive = False  # the tied decoder is the full softmax
+        if self.extend_vocab and not self.init:
+            raise SettingError("extend_vocab", "needs init (the model whose vocabulary is extended)")
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig(arch=self.arch, vocab_size=vocab_size, emb=self.emb, hidden=self.hidden,

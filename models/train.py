@@ -126,6 +126,9 @@ class Trainer:
         self.objective = objective or CrossEntropy()
         self.provenance = dict(provenance or {})
         self.device = resolve_device(cfg.device)  # a missing GPU fails here, before any data is read
+        if cfg.init and cfg.extend_vocab:  # adapt with new words: start from the base model extended by them
+            from models.adapt import extended_init
+            cfg = replace(cfg, init=str(extended_init(cfg, self.run_dir)))
         base = load_model(cfg.init) if cfg.init else None
         if base is not None:
             if vocab is not None and vocab.itos != base.tokenizer.vocab.itos:
