@@ -30,8 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "needs an API key or --insecure)")
     p.add_argument("--port", type=port, default=None, help="default 8000")
     p.add_argument("--checkpoints", default=None, help="folder of model folders (default: checkpoints)")
-    p.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on protected routes "
-                                                   "(default: $RNNLM_API_KEY)")
+    p.add_argument("--api-key", default=None, help="deprecated: other users see it in `ps`; use $RNNLM_API_KEY "
+                                                   "or --api-key-file")
+    p.add_argument("--api-key-file", default=None, help="require `Authorization: Bearer <key>` on protected routes, "
+                                                        "the key read from this file (default: $RNNLM_API_KEY_FILE, "
+                                                        "or the key in $RNNLM_API_KEY)")
     p.add_argument("--insecure", action="store_true", help="allow a non-loopback address without an API key")
     p.add_argument("--threads", type=positive(), default=None, help="torch threads")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
@@ -73,6 +76,9 @@ def _settings(command: str, flags: dict):
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
+        if not where:  # a rule across settings (the API key file)
+            print(f"rnnlm {command}: error: {err['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+            return None
         print(f"rnnlm {command}: error: bad setting {where or '?'} (RNNLM_{where.upper()}): {err['msg']}",
               file=sys.stderr)
         return None
@@ -108,14 +114,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import logging
     from pathlib import Path
 
+    from service.settings import MIN_KEY_CHARS
+
     flags = {"host": args.host, "port": args.port, "checkpoints": args.checkpoints, "api_key": args.api_key,
-             "threads": args.threads, "jobs_db": args.jobs_db, "device": args.device}
+             "api_key_file": args.api_key_file, "threads": args.threads, "jobs_db": args.jobs_db, "device": args.device}
     settings = _settings("serve", flags)
     if settings is None:
         return EXIT_USAGE
+    if args.api_key is not None:
+        print("rnnlm serve: warning: --api-key is deprecated: every user of this machine sees the key in `ps`; "
+              "set RNNLM_API_KEY or use --api-key-file", file=sys.stderr)
     if not settings.loopback and settings.api_key is None and not args.insecure:
-        print(f"rnnlm serve: error: refusing to bind {settings.host} without an API key; "
-              "pass --api-key KEY (or set RNNLM_API_KEY), or --insecure to allow it anyway", file=sys.stderr)
+        print(f"rnnlm serve: error: refusing to bind {settings.host} without an API key; set RNNLM_API_KEY or "
+              "pass --api-key-file FILE, or --insecure to allow it anyway", file=sys.stderr)
+        return EXIT_USAGE
+    if not settings.loopback and settings.api_key_is_placeholder:
+        print(f"rnnlm serve: error: refusing to bind {settings.host} with a placeholder API key (an example value "
+              f"or under {MIN_KEY_CHARS} characters); make one with: python3 -c \"import secrets; "
+              "print(secrets.token_urlsafe(32))\"", file=sys.stderr)
         return EXIT_USAGE
     if not Path(settings.checkpoints).is_dir():
         print(f"rnnlm serve: error: no such checkpoint folder: {settings.checkpoints}", file=sys.stderr)

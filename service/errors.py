@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from models.device import DeviceError
 from models.errors import CheckpointError, InputError
 from models.versions import PromotionRefused, VersionError, VersionNotFound
-from service.jobs import JobConflict, JobNotFound
+from service.jobs import IdempotencyKeyReused, JobConflict, JobNotFound
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,7 @@ DOMAIN_ERRORS: dict[type[Exception], tuple[int, str]] = {
     PromotionRefused: (409, "promotion_refused"),
     VersionError: (409, "conflict"),
     InputError: (422, "invalid_request_error"),
+    IdempotencyKeyReused: (422, "idempotency_key_reused"),
     QueueFullError: (503, "overloaded"),
     CheckpointError: (503, "model_unavailable"),
     DeviceError: (503, "device_unavailable"),

@@ -44,10 +44,16 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at       REAL NOT NULL,
     started_at       REAL,
     finished_at      REAL,
-    run_dir          TEXT
+    run_dir          TEXT,
+    idempotency_key  TEXT,
+    request_hash     TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at);
 """
+# Columns added since the first release: a database made before them gets them on first use.
+MIGRATIONS = {"idempotency_key": "ALTER TABLE jobs ADD COLUMN idempotency_key TEXT",
+              "request_hash": "ALTER TABLE jobs ADD COLUMN request_hash TEXT"}
+INDEXES = "CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_idempotency_key ON jobs (idempotency_key)"
 
 
 class Beat(NamedTuple):
@@ -61,6 +67,15 @@ class JobNotFound(LookupError):
 
 class JobConflict(Exception):
     """The job is in a state that does not allow the operation (e.g. cancelling a finished job)."""
+
+
+class IdempotencyKeyReused(Exception):
+    """An idempotency key already names a job submitted with a different request."""
+
+    def __init__(self, key: str, job_id: str) -> None:
+        super().__init__(f"Idempotency-Key {key!r} was already used for job {job_id} with a different request; "
+                         "use a new key for a new job")
+        self.param = "Idempotency-Key"
 
 
 @dataclass
@@ -82,6 +97,9 @@ class Job:
     started_at: float | None
     finished_at: float | None
     run_dir: str | None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    replayed: bool = False  # not stored: this job was found under the idempotency key of a repeated submit
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -124,6 +142,11 @@ class JobStore:
             try:
                 conn.execute("PRAGMA journal_mode = WAL")  # readers never block the writer
                 conn.executescript(SCHEMA)
+                columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+                for column, sql in MIGRATIONS.items():
+                    if column not in columns:
+                        conn.execute(sql)
+                conn.execute(INDEXES)
             finally:
                 conn.close()
             self._ready = True
@@ -146,19 +169,44 @@ class JobStore:
             conn.execute("COMMIT")
 
     # ---- API side ------------------------------------------------------------------------------
-    def submit(self, type_: str, name: str, params: dict[str, Any]) -> Job:
-        """Queue a job; JobConflict if a queued or running job already builds model `name`."""
+    def find_idempotent(self, key: str, request_hash: str) -> Job | None:
+        """The job submitted under idempotency `key`, if any; IdempotencyKeyReused if its request differs."""
+        with self._conn() as conn:
+            return self._idempotent(conn, key, request_hash)
+
+    @staticmethod
+    def _idempotent(conn: sqlite3.Connection, key: str, request_hash: str) -> Job | None:
+        row = conn.execute("SELECT * FROM jobs WHERE idempotency_key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        if row["request_hash"] != request_hash:
+            raise IdempotencyKeyReused(key, row["id"])
+        job = Job.from_row(row)
+        job.replayed = True
+        return job
+
+    def submit(self, type_: str, name: str, params: dict[str, Any], *, idempotency_key: str | None = None,
+               request_hash: str | None = None) -> Job:
+        """Queue a job; JobConflict if a queued or running job already builds model `name`. With an
+        idempotency key already used for the same request (`request_hash`), the job it made (`replayed`);
+        IdempotencyKeyReused if it was used for another request."""
         if type_ not in JOB_TYPES:
             raise ValueError(f"unknown job type {type_!r}")
         job_id = uuid.uuid4().hex
         with self._write() as conn:  # check and insert under one write lock: two submits cannot both pass
+            if idempotency_key is not None:
+                existing = self._idempotent(conn, idempotency_key, request_hash or "")
+                if existing is not None:
+                    return existing
             other = conn.execute("SELECT id, status FROM jobs WHERE name = ? AND status IN ('queued', 'running')",
                                  (name,)).fetchone()
             if other is not None:
                 raise JobConflict(f"job {other['id']} ({other['status']}) is already training {name!r}; "
                                   "cancel it first")
-            row = conn.execute("INSERT INTO jobs (id, type, name, params, created_at) VALUES (?, ?, ?, ?, ?) "
-                               "RETURNING *", (job_id, type_, name, json.dumps(params), time.time())).fetchone()
+            row = conn.execute("INSERT INTO jobs (id, type, name, params, created_at, idempotency_key, request_hash) "
+                               "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING *",
+                               (job_id, type_, name, json.dumps(params), time.time(), idempotency_key,
+                                request_hash if idempotency_key is not None else None)).fetchone()
         return Job.from_row(row)
 
     def get(self, job_id: str) -> Job:

@@ -10,6 +10,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from models.device import DEVICE_HELP, ServeDtype, valid_device
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+# API keys refused on a public address: the examples' placeholders, and anything this short
+PLACEHOLDER_KEYS = frozenset({"change-me", "changeme", "change-me-too", "change-this", "secret", "password",
+                              "api-key", "your-api-key", "xxx", "test"})
+MIN_KEY_CHARS = 16
 
 
 class Settings(BaseSettings):
@@ -27,6 +31,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     api_key: SecretStr | None = None
+    api_key_file: Path | None = Field(None, description="read the API key from this file (e.g. a Docker or "
+                                                        "Kubernetes secret) rather than from RNNLM_API_KEY")
     api_key_inference: bool = Field(False, description="also require the API key on the inference routes (score, "
                                                        "perplexity, rank, next-word, generate, completions)")
     cors_origins: Annotated[list[str], NoDecode] = Field(
@@ -118,6 +124,29 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_key_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _key_from_file(self) -> Settings:
+        if self.api_key_file is None:
+            return self
+        if self.api_key is not None:
+            raise ValueError("give the API key once: api_key or api_key_file, not both")
+        try:
+            key = self.api_key_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read the API key file {self.api_key_file}: {exc}") from None
+        if not key:
+            raise ValueError(f"the API key file {self.api_key_file} is empty")
+        self.api_key = SecretStr(key)
+        return self
+
+    @property
+    def api_key_is_placeholder(self) -> bool:
+        """The key is an example value (`change-me`) or too short to be a secret."""
+        if self.api_key is None:
+            return False
+        key = self.api_key.get_secret_value()
+        return len(key) < MIN_KEY_CHARS or key.lower().replace("_", "-") in PLACEHOLDER_KEYS
 
     @model_validator(mode="after")
     def _inference_key_needs_a_key(self) -> Settings:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Header, Query, Response
 
 from service.deps import ApiKeyDep, JobServiceDep
 from service.schemas import ErrorResponse, JobCreated, JobInfo, JobList, JobRequest, JobStatus
@@ -14,12 +14,24 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[ApiKeyDep], r
 
 
 # Plain `def` routes: FastAPI runs them in its thread pool, so SQLite never blocks the event loop.
-@router.post("", status_code=202, response_model=JobCreated, responses={400: {"model": ErrorResponse},
+IdempotencyKey = Annotated[str | None, Header(
+    min_length=1, max_length=255, pattern=r"^[!-~]+$",
+    description="any unique string (e.g. a UUID): resending the same request with the same key, after a dropped "
+                "connection, answers 200 with the job the first one created instead of queueing another")]
+REPLAYED = {"model": JobCreated, "description": "the job an earlier request with the same `Idempotency-Key` created "
+                                                "(header `Idempotent-Replayed: true`)"}
+
+
+@router.post("", status_code=202, response_model=JobCreated, responses={200: REPLAYED, 400: {"model": ErrorResponse},
                                                                         409: {"model": ErrorResponse}})
-def submit_job(body: JobRequest, response: Response, jobs: JobServiceDep) -> JobCreated:
+def submit_job(body: JobRequest, response: Response, jobs: JobServiceDep,
+               idempotency_key: IdempotencyKey = None) -> JobCreated:
     """Queue a training or distillation job; a worker picks it up. The new model is served when it succeeds."""
-    created = jobs.submit(body)
+    created, replayed = jobs.submit_idempotent(body, idempotency_key)
     response.headers["Location"] = f"/v1/jobs/{created.id}"
+    if replayed:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
     return created
 
 

@@ -1,6 +1,8 @@
 """Training and distillation jobs over the job store: submit, list, inspect, cancel."""
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -49,6 +51,12 @@ def check_names(body: JobRequest, settings: Settings) -> None:
                             "version of it (served only if it passes the promotion gate)", "name")
 
 
+def request_hash(body: JobRequest) -> str:
+    """The job request as validated (defaults filled in), hashed: what an idempotency key is bound to."""
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def _time(value: float | None) -> datetime | None:
     return datetime.fromtimestamp(value, timezone.utc) if value is not None else None
 
@@ -72,14 +80,23 @@ class JobService:
 
     def submit(self, body: JobRequest) -> JobCreated:
         """Queue a job once its data folder and names check out; the store refuses a name already training."""
+        return self.submit_idempotent(body, None)[0]
+
+    def submit_idempotent(self, body: JobRequest, key: str | None) -> tuple[JobCreated, bool]:
+        """`submit`, except that a request repeated with the same idempotency `key` (a client retrying after
+        a dropped connection) gets the job the first one made: (job, True). The same key with another
+        request is an error (IdempotencyKeyReused)."""
+        digest = request_hash(body)
+        if key is not None and (job := self.store.find_idempotent(key, digest)) is not None:
+            return JobCreated(id=job.id, status=job.status), True  # before the checks: its model may exist now
         data = resolve_data(body.data, self.settings.data_roots)
         check_names(body, self.settings)
         params = body.model_dump(exclude={"type", "name"}) | {"data": str(data)}
         try:
-            job = self.store.submit(body.type, body.name, params)
+            job = self.store.submit(body.type, body.name, params, idempotency_key=key, request_hash=digest)
         except JobConflict as exc:
             raise ConflictError(f"name: {exc}", "name") from None
-        return JobCreated(id=job.id, status=job.status)
+        return JobCreated(id=job.id, status=job.status), job.replayed
 
     def list_jobs(self, status: JobStatus | None, limit: int) -> JobList:
         return JobList(data=[job_info(j) for j in self.store.list_jobs(status, limit)])
