@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE, ENV_EXAMPLE = REPO / "docker-compose.yml", REPO / ".env.example"
 PROMETHEUS_CONFIG, GRAFANA = REPO / "docker" / "prometheus.yml", REPO / "docker" / "grafana"
 
-SERVICES = {"api", "worker", "prometheus", "grafana"}
+SERVICES = {"api", "worker", "prometheus", "grafana", "api-gpu", "worker-gpu"}  # the last two: profile gpu
 VOLUMES = {"checkpoints", "jobs", "prometheus-data", "grafana-data"}
 
 
@@ -136,10 +136,11 @@ def test_published_ports_bind_loopback_only(compose: dict, raw_compose: dict, su
     bare = substitute(raw_compose, {"RNNLM_API_KEY": "k", "GRAFANA_ADMIN_PASSWORD": "p"})  # no other setting
     for document in (compose, bare):
         published = _published(document)
-        assert sorted(published) == ["api", "grafana", "prometheus"]  # the worker's metrics stay inside
+        assert sorted(published) == ["api", "api-gpu", "grafana", "prometheus"]  # workers' metrics stay inside
         for name, ports in published.items():
             assert all(len(p) == 3 and p[0] == "127.0.0.1" for p in ports), f"{name}: {ports} not on 127.0.0.1"
         assert published["api"] == [["127.0.0.1", "8000", "8000"]]
+        assert published["api-gpu"] == [["127.0.0.1", "8001", "8000"]]
         assert published["grafana"] == [["127.0.0.1", "3000", "3000"]]
         assert published["prometheus"] == [["127.0.0.1", "9090", "9090"]]
 
@@ -237,3 +238,24 @@ def test_healthchecks_probe_the_live_processes(compose: dict, stack, proc_tools)
         dead = {key: "9" for key in env}  # the discard port: nothing listens there
         bad = subprocess.run([sys.executable, *args], env=proc_tools.clean_env(**dead), capture_output=True, timeout=30)
         assert bad.returncode != 0, name
+
+
+def test_gpu_profile_runs_api_and_worker_on_a_reserved_gpu(compose: dict) -> None:
+    """`--profile gpu`: the same services on an NVIDIA GPU, from an image built with CUDA wheels of torch."""
+    from service.settings import Settings
+
+    services = compose["services"]
+    for name, base in (("api-gpu", "api"), ("worker-gpu", "worker")):
+        svc, cpu = services[name], services[base]
+        assert svc["profiles"] == ["gpu"] and "profiles" not in cpu
+        assert svc["command"] == cpu["command"] and svc["volumes"] == cpu["volumes"]
+        assert svc["environment"]["RNNLM_DEVICE"] == "cuda"
+        assert Settings(device=svc["environment"]["RNNLM_DEVICE"]).device == "cuda"
+        assert {k: v for k, v in svc["environment"].items() if k != "RNNLM_DEVICE"} == \
+            {k: v for k, v in cpu["environment"].items() if k != "RNNLM_DEVICE"}
+        device = svc["deploy"]["resources"]["reservations"]["devices"]
+        assert device == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+        assert "deploy" not in cpu
+        assert svc["image"].endswith("-cuda") and "/whl/cu" in svc["build"]["args"]["TORCH_INDEX"]
+        assert svc["build"]["dockerfile"] == cpu["build"]["dockerfile"]
+    assert "ARG TORCH_INDEX" in (REPO / "docker" / "Dockerfile").read_text()
