@@ -48,6 +48,8 @@ TRAINING_TOKENS_PER_SECOND = Gauge("rnnlm_training_tokens_per_second", "Training
                                    ["type"])
 TRAINING_VALID_PERPLEXITY = Gauge("rnnlm_training_valid_perplexity", "Validation perplexity after the last epoch",
                                   ["type"])
+VERSIONS_PUBLISHED = Counter("rnnlm_model_versions_published", "Models this worker's jobs published, by whether "
+                             "the promotion gate let them be served", ["promoted"])
 
 
 class JobCounts(Collector):
@@ -308,6 +310,7 @@ class Worker:
         source = {"job": job.id, "type": job.type, "valid_sha256": sha256(valid) if valid.is_file() else None}
         # atomically, as a new version when the name exists: the registry never sees half a model
         published = publish(target, result.out, source)
+        VERSIONS_PUBLISHED.labels(str(published.promoted).lower()).inc()
         log.info("job %s: %r version %d %s: %s", job.id, job.name, published.version,
                  "promoted" if published.promoted else "kept, not promoted", published.reason)
         return {"model": job.name, "epochs_run": result.epochs_run, "seconds": round(result.seconds, 2),
