@@ -440,6 +440,14 @@ class JobRequest(Request):
     device: str = Field(_TRAIN["device"], max_length=16, description="where the worker trains: auto (the worker's "
                         "own device setting, RNNLM_DEVICE), cpu, cuda or cuda:N; a device the worker lacks fails the job")
     amp: Amp = Field(_TRAIN["amp"], description="bf16: bf16 autocast for the forward pass (on CUDA; the loss stays fp32)")
+    nproc: int = Field(1, ge=1, le=64, description="processes per node: above 1 the worker runs the job under torchrun "
+                       "with DistributedDataParallel; batch_size stays the global batch (split over the processes)")
+    nnodes: int = Field(1, ge=1, le=64, validate_default=True, description="machines: above 1 the other nodes "
+                        "join at rdzv_endpoint (see the README's Scaling section)")
+    rdzv_endpoint: str | None = Field(None, max_length=255, validate_default=True,
+                                      pattern=r"^[A-Za-z0-9.\-]+:[0-9]{1,5}$", examples=["10.0.0.5:29400"],
+                                      description="host:port of the rendezvous, on the claiming worker's machine "
+                                                  "(jobs with nnodes above 1)")
     init: ModelFolderName | None = Field(None, description="start from this served model's weights, architecture "
                                          "and vocabulary (a new run; the size fields are ignored)")
     overwrite: bool = Field(False, description="add a new version to an existing model of this name; it is "
@@ -486,6 +494,25 @@ class JobRequest(Request):
             if info.field_name == "teacher":
                 raise ValueError("a distill job needs a teacher model")
             value = _DISTILL[info.field_name]
+        return value
+
+    @field_validator("nnodes")
+    @classmethod
+    def _processes(cls, value: int, info: ValidationInfo) -> int:
+        size, batch = info.data.get("nproc", 1) * value, info.data.get("batch_size")
+        if batch is not None and batch % size:
+            raise ValueError(f"batch_size {batch} (the global batch) must split evenly over nproc x nnodes = "
+                             f"{size} processes")
+        return value
+
+    @field_validator("rdzv_endpoint")
+    @classmethod
+    def _rendezvous(cls, value: str | None, info: ValidationInfo) -> str | None:
+        nnodes = info.data.get("nnodes", 1)
+        if nnodes > 1 and value is None:
+            raise ValueError("a job on several nodes needs rdzv_endpoint (host:port the other nodes join)")
+        if nnodes == 1 and value is not None:
+            raise ValueError("only for jobs with nnodes above 1")
         return value
 
     @model_validator(mode="after")

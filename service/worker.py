@@ -294,7 +294,13 @@ class Worker:
         kwargs = dict(resume=True, overwrite=True, on_epoch=run.on_epoch, on_step=run.on_step,
                       should_stop=run.should_stop, progress=False)
         result: TrainResult
-        if job.type == "distill":
+        if request.nproc * request.nnodes > 1:  # under torchrun, followed from here (service/torchrun_job.py)
+            from service import torchrun_job
+            teacher = str(current_folder(self.checkpoints / request.teacher)) if job.type == "distill" else None
+            result = torchrun_job.run(job.id, job.type, cfg, run_dir, run, nproc=request.nproc, nnodes=request.nnodes,
+                                      rdzv_endpoint=request.rdzv_endpoint, teacher=teacher,
+                                      distill=request.to_distill_config() if teacher else None)
+        elif job.type == "distill":
             from models.distill import distill
             result = distill(cfg, teacher=str(current_folder(self.checkpoints / request.teacher)),
                              settings=request.to_distill_config(), **kwargs)
