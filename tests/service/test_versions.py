@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from service.app import create_app
@@ -54,10 +55,13 @@ def test_a_worse_job_under_an_existing_name_does_not_replace_it(api, worker, tin
     before = api.get("/v1/models/teacher").json()
     assert before["version"] == 1 and [v["version"] for v in before["versions"]] == [1]
     served = logprob(api)
+    refused_before = REGISTRY.get_sample_value("rnnlm_model_versions_published_total", {"promoted": "false"}) or 0
 
     done = run_job(api, worker, **tiny_job(epochs=1, lr=1e-6))  # learns nothing: near-uniform
     assert (done["result"]["version"], done["result"]["promoted"]) == (2, False)
     assert "is worse than version 1's" in done["result"]["promotion"]
+    assert REGISTRY.get_sample_value("rnnlm_model_versions_published_total", {"promoted": "false"}) == \
+        refused_before + 1
 
     api.app.state.registry.reload()  # what the watcher does every reload interval
     card = api.get("/v1/models/teacher").json()
