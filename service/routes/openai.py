@@ -56,8 +56,8 @@ STREAM_DOC = {200: {"description": "JSON, or with `stream: true` server-sent eve
 @router.post("/completions", response_model=CompletionResponse, responses=STREAM_DOC)
 async def completions(body: CompletionRequest, service: CompletionDep):
     """OpenAI's completions: continue or score (`max_tokens: 0`, `echo`, `logprobs`) one or more prompts."""
-    if not body.stream:
-        return await service.complete(body)
+    if not body.stream:  # already a CompletionResponse: serialised once, by pydantic, not dumped and re-validated
+        return Response((await service.complete(body)).model_dump_json(), media_type="application/json")
     context, chunks = await service.stream(body)
     return EventSourceResponse(chunks, headers={"X-Context-Used": str(context.used).lower()})
 
