@@ -95,10 +95,10 @@ def extend_vocab(loaded: LoadedModel, words: list[tuple[str, int]]) -> tuple[RNN
     return model, tokenizer, Extension([w for w, _ in words], [c for _, c in words], size)
 
 
-def extend_model_folder(base: str | Path, data: str | Path, out: str | Path, limit: int,
+def extend_model_folder(base: str | Path | LoadedModel, data: str | Path, out: str | Path, limit: int,
                         min_count: int = 3) -> tuple[Path, Extension]:
     """Write to `out` the model folder `base` with up to `limit` frequent new words of `data`'s train split."""
-    loaded = load_model(base)
+    loaded = base if isinstance(base, LoadedModel) else load_model(base)
     found = new_words(read_lines(split_path(Path(data), "train")), loaded.tokenizer.vocab, min_count, limit)
     if not found:
         raise DataError(f"{data}: no word outside {loaded.name}'s vocabulary occurs {min_count} or more times")
@@ -114,8 +114,11 @@ def extend_model_folder(base: str | Path, data: str | Path, out: str | Path, lim
 def extended_init(cfg: TrainConfig, run_dir: Path) -> Path:
     """The `init` model of an adapting run that extends the vocabulary: written once into the run
     folder (a resumed run finds it there), from `cfg.init` and the run's training data."""
-    out = Path(run_dir) / "extended-init"
-    if not (out / "config.json").exists():
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        extend_model_folder(cfg.init, cfg.data, out, cfg.extend_vocab, cfg.min_count)
-    return out
+    folder = Path(run_dir) / "extended"
+    done = [p for p in folder.iterdir() if (p / "config.json").exists()] if folder.is_dir() else []
+    if done:
+        return done[0]
+    loaded = load_model(cfg.init)
+    out = folder / loaded.name  # the start is recorded under the base model's name
+    folder.mkdir(parents=True, exist_ok=True)
+    return extend_model_folder(loaded, cfg.data, out, cfg.extend_vocab, cfg.min_count)[0]

@@ -187,8 +187,10 @@ def delete(root: str | Path, name: str) -> None:
 
 def from_files(root: str | Path, name: str, files: Mapping[str, str | Path], style: str,
                valid: float = 0.1, test: float = 0.1, seed: int = 0,
-               vocabs: Mapping[str, Vocab] | None = None, source: str | None = None) -> Dataset:
-    """A dataset from raw text files: {"text": path} is split by line; {"train", "valid", "test"} are kept."""
+               vocabs: Mapping[str, Vocab] | None = None, source: str | None = None,
+               model: str | None = None) -> Dataset:
+    """A dataset from raw text files: {"text": path} is split by line; {"train", "valid", "test"} are kept.
+    `model` names whose tokenizer `style` is; `vocabs` are the models whose unknown words are counted."""
     raw = {key: Path(path).read_bytes() for key, path in files.items()}
     digest = hashlib.sha256()
     for key in sorted(raw):
@@ -202,5 +204,6 @@ def from_files(root: str | Path, name: str, files: Mapping[str, str | Path], sty
         splits, how = {s: lines.get(s, []) for s in SPLITS}, {"split": "as uploaded"}
     else:
         raise DataError("give one text file, or train (and valid, test) files")
-    info = {"sha256": digest.hexdigest(), "style": style, "source": source, **how, **counts(splits, vocabs)}
+    info = {"sha256": digest.hexdigest(), "style": style, "model": model, "source": source, **how,
+            **counts(splits, vocabs)}
     return create(root, name, splits, info)

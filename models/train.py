@@ -136,6 +136,8 @@ class Trainer:
             vocab = base.tokenizer.vocab
             cfg = cfg.adopt(base.config, base.tokenizer.style)
             self.provenance["init"] = _init_record(base)
+            if cfg.extend_vocab:  # what the extended start added to the base model's vocabulary
+                self.provenance["vocab_extension"] = base.meta.get("provenance", {}).get("vocab_extension")
         self.cfg = cfg
         self.corpus = load_corpus(cfg.data, vocab=vocab, max_vocab=cfg.max_vocab,
                                   titles=cfg.context or self.objective.titles,

@@ -30,7 +30,7 @@ from service import metrics
 from service.errors import error_response
 from service.settings import Settings
 
-EXEMPT_PREFIXES = ("/v1/jobs",)  # POSTs under /v1 that do not run a model
+EXEMPT_PREFIXES = ("/v1/jobs", "/v1/datasets")  # POSTs under /v1 that do not run a model
 RECEIVED_AT = "rnnlm.received_at"  # scope["extensions"] key: loop.time() when the server parsed the headers
 
 

@@ -18,9 +18,9 @@ from service.deps import InferenceKeyDep
 from service.jobs import JobStore
 from service.metrics import JobCounts, MetricsMiddleware
 from service.registry import ModelRegistry
-from service.routes import generate, health, jobs, models, openai, page, score
-from service.serving import (CompletionService, GenerationService, JobService, ModelService, NextWordService,
-                             ScoringService)
+from service.routes import datasets, generate, health, jobs, models, openai, page, score
+from service.serving import (CompletionService, DatasetService, GenerationService, JobService, ModelService,
+                             NextWordService, ScoringService)
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.completions = CompletionService(registry, batcher, settings)
     app.state.job_service = JobService(app.state.jobs, settings)
     app.state.model_service = ModelService(registry, settings)
+    app.state.dataset_service = DatasetService(registry, settings)
     job_counts: JobCounts | None = JobCounts(app.state.jobs)  # rnnlm_jobs{status}, read from the db per scrape
     try:
         REGISTRY.register(job_counts)
@@ -73,13 +74,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   docs_url=None, redoc_url=None)  # served offline by routes/page.py
     app.state.settings = settings
     app.state.jobs = JobStore(settings.jobs_db, stale_after_s=settings.job_stale_after_s)  # opened on first use
-    for module in (health, models, score, generate, openai, jobs, page):
+    for module in (health, models, score, generate, openai, jobs, datasets, page):
         inference = module in (score, generate, openai)  # these need the key when api_key_inference is set
         app.include_router(module.router, dependencies=[InferenceKeyDep] if inference else None)
     errors.install(app)
     app.add_middleware(errors.SurrogateMiddleware)  # innermost: lone surrogates in any JSON body become U+FFFD
     app.add_middleware(AdmissionMiddleware, settings=settings)  # inside the body limit: reads bodies through it
-    app.add_middleware(errors.BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(errors.BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
+                       path_limits={"/v1/datasets": settings.max_dataset_bytes})
     app.add_middleware(MetricsMiddleware, api=app)  # outermost but for CORS and the request id: sees every response
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],

@@ -10,7 +10,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from service.errors import AuthenticationError, PermissionDeniedError
 from service.jobs import JobStore
 from service.registry import ModelRegistry
-from service.serving import (CompletionService, GenerationService, JobService, ModelService, NextWordService,
+from service.serving import (CompletionService, DatasetService, GenerationService, JobService, ModelService,
+                             NextWordService,
                              ScoringService)
 from service.settings import Settings
 
@@ -49,6 +50,10 @@ async def get_completions(request: Request) -> CompletionService:
     return request.app.state.completions
 
 
+async def get_dataset_service(request: Request) -> DatasetService:
+    return request.app.state.dataset_service
+
+
 async def get_model_service(request: Request) -> ModelService:
     return request.app.state.model_service
 
@@ -62,6 +67,7 @@ GenerationDep = Annotated[GenerationService, Depends(get_generation)]
 JobServiceDep = Annotated[JobService, Depends(get_job_service)]
 CompletionDep = Annotated[CompletionService, Depends(get_completions)]
 ModelServiceDep = Annotated[ModelService, Depends(get_model_service)]
+DatasetServiceDep = Annotated[DatasetService, Depends(get_dataset_service)]
 
 
 # The key as an OpenAPI security scheme (the Authorize button of /docs); missing or non-Bearer credentials

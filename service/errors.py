@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from models.dataset import DatasetExists, DatasetNotFound
 from models.device import DeviceError
 from models.errors import CheckpointError, InputError
 from models.versions import PromotionRefused, VersionError, VersionNotFound
@@ -81,6 +82,8 @@ DOMAIN_ERRORS: dict[type[Exception], tuple[int, str]] = {
     JobNotFound: (404, "job_not_found"),
     ConflictError: (409, "conflict"),
     JobConflict: (409, "conflict"),
+    DatasetNotFound: (404, "dataset_not_found"),
+    DatasetExists: (409, "conflict"),
     VersionNotFound: (404, "version_not_found"),
     PromotionRefused: (409, "promotion_refused"),
     VersionError: (409, "conflict"),
@@ -92,6 +95,8 @@ DOMAIN_ERRORS: dict[type[Exception], tuple[int, str]] = {
 }
 _DESCRIBE: dict[type[Exception], Callable[[Exception], tuple[str, str | None]]] = {
     JobNotFound: lambda exc: (f"no job with id {exc.args[0]!r}" if exc.args else "no such job", "id"),
+    DatasetNotFound: lambda exc: (str(exc), getattr(exc, "param", "name")),
+    DatasetExists: lambda exc: (str(exc), "name"),
 }
 
 
@@ -178,26 +183,29 @@ class BodyLimitMiddleware:
     handlers below (Starlette's own limiter answers in plain text).
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, path_limits: dict[str, int] | None = None) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.default_max_bytes = max_bytes
+        self.path_limits = path_limits or {}  # path prefix -> its own limit (dataset uploads)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = next((limit for prefix, limit in self.path_limits.items() if scope["path"].startswith(prefix)),
+                         self.default_max_bytes)
         declared = next((v for k, v in scope.get("headers", ()) if k == b"content-length"), b"")
         received = int(declared) if declared.isdigit() else 0
 
         async def limited_receive() -> Message:
             nonlocal received
-            if received > self.max_bytes:
-                raise StarletteHTTPException(413, f"request body is over the limit of {self.max_bytes:,} bytes")
+            if received > max_bytes:
+                raise StarletteHTTPException(413, f"request body is over the limit of {max_bytes:,} bytes")
             message = await receive()
             if message["type"] == "http.request" and not declared:
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise StarletteHTTPException(413, f"request body is over the limit of {self.max_bytes:,} bytes")
+                if received > max_bytes:
+                    raise StarletteHTTPException(413, f"request body is over the limit of {max_bytes:,} bytes")
             return message
 
         await self.app(scope, limited_receive, send)
@@ -232,6 +240,9 @@ def clean_json_body(body: bytes) -> bytes:
     return body if cleaned == data else json.dumps(cleaned, ensure_ascii=False).encode()
 
 
+STREAMED_PREFIXES = ("/v1/datasets",)  # uploads of raw text, read as a stream: no JSON to clean
+
+
 class SurrogateMiddleware:
     """Every text field of every route takes lone surrogates, as U+FFFD (see `clean_json_body`).
 
@@ -243,7 +254,8 @@ class SurrogateMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
+        if (scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE")
+                or scope["path"].startswith(STREAMED_PREFIXES)):
             await self.app(scope, receive, send)
             return
         read = False

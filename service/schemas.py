@@ -13,9 +13,10 @@ from typing import Annotated, Any, Literal
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator,
                       model_validator)
 
+from models.adapt import ADAPT_PRESET, PRESETS
 from models.checkpoint import valid_name
-from models.config import (STUDENT_SIZE, Amp, Arch, DistillConfig, Optimizer, SaveDtype, Schedule, SettingError,
-                           Style, TrainConfig, check_setting, defaults)
+from models.config import (STUDENT_SIZE, Amp, Arch, DistillConfig, Optimizer, Preset, SaveDtype, Schedule,
+                           SettingError, Style, TrainConfig, check_setting, defaults)
 
 MAX_STOP = 4
 MAX_SEED = 2**63 - 1
@@ -402,8 +403,10 @@ class JobRequest(Request):
     type: JobType
     name: ModelFolderName = Field(description="name of the model to create (its folder in the checkpoint dir)",
                                   examples=["my-lstm"])
-    data: Text = Field(max_length=4096, description="corpus folder with train.txt (valid.txt, test.txt), "
-                                                    "under one of the data roots")
+    data: Text | None = Field(None, max_length=4096, description="corpus folder with train.txt (valid.txt, "
+                              "test.txt), under one of the data roots; or give `dataset`")
+    dataset: ModelFolderName | None = Field(None, description="an uploaded dataset's name (POST /v1/datasets), "
+                                            "instead of `data`", examples=["support-tickets"])
     arch: Arch = _TRAIN["arch"]
     emb: int | None = Field(None, le=MAX_SIZE, description=f"embedding size (default {_SIZE['train']['emb']}; "
                                                            f"distill {_SIZE['distill']['emb']})")
@@ -450,6 +453,12 @@ class JobRequest(Request):
                                                   "(jobs with nnodes above 1)")
     init: ModelFolderName | None = Field(None, description="start from this served model's weights, architecture "
                                          "and vocabulary (a new run; the size fields are ignored)")
+    preset: Preset = Field(_TRAIN["preset"], description="adapt (with init): fine-tune on a small corpus - the "
+                           f"fields {', '.join(f'{k}={v}' for k, v in ADAPT_PRESET.items())} unless given")
+    extend_vocab: int = Field(_TRAIN["extend_vocab"], le=1_000_000, description="with init: add up to N words of "
+                              "the corpus the model does not know (new rows, initialised from <unk>)")
+    min_count: int = Field(_TRAIN["min_count"], le=1_000_000, description="with extend_vocab: how often a new "
+                           "word must occur in the training split")
     overwrite: bool = Field(False, description="add a new version to an existing model of this name; it is "
                             "served only if it passes the promotion gate (see GET /v1/models/{name})")
     teacher: ModelFolderName | None = Field(None, validate_default=True,
@@ -516,6 +525,18 @@ class JobRequest(Request):
         return value
 
     @model_validator(mode="after")
+    def _corpus_and_preset(self) -> JobRequest:
+        if self.data is None and self.dataset is None:
+            raise ValueError("give the corpus as data (a folder) or dataset (an uploaded dataset's name)")
+        if (self.preset != "none" or self.extend_vocab) and self.init is None:
+            raise ValueError("preset adapt and extend_vocab adapt an existing model: give init")
+        explicit = set(self.model_fields_set)
+        for key, value in PRESETS.get(self.preset, {}).items():
+            if key not in explicit:
+                setattr(self, key, value)
+        return self
+
+    @model_validator(mode="after")
     def _size_defaults(self) -> JobRequest:
         for key, default in _SIZE[self.type].items():
             if getattr(self, key) is None:
@@ -534,7 +555,8 @@ class JobRequest(Request):
             lr=self.lr, optimizer=self.optimizer, weight_decay=self.weight_decay, clip=self.clip,
             schedule=self.schedule, patience=self.patience, seed=self.seed, max_vocab=self.max_vocab,
             style=self.style, train_tokens=self.train_tokens, valid_tokens=self.valid_tokens,
-            save_dtype=self.save_dtype, average_from=self.average_from, device=self.device, amp=self.amp)
+            save_dtype=self.save_dtype, average_from=self.average_from, device=self.device, amp=self.amp,
+            preset=self.preset, extend_vocab=self.extend_vocab, min_count=self.min_count)
 
     def to_distill_config(self) -> DistillConfig:
         return DistillConfig(temperature=self.temperature, alpha=self.alpha, kd_fraction=self.kd_fraction)
@@ -609,3 +631,37 @@ class JobList(BaseModel):
     data: list[JobInfo] = Field(description="newest first")
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"data": [JOB_EXAMPLE]}]})
+
+
+# ---- datasets -----------------------------------------------------------------------------------
+class DatasetUnknown(BaseModel):
+    tokens: float = Field(description="share of the dataset's tokens (all splits) the model's vocabulary lacks "
+                                      "(<unk> included)")
+    words: float = Field(description="share of its distinct words the vocabulary lacks")
+    top: list[str] = Field(description="its most frequent words the vocabulary lacks")
+
+
+class DatasetInfo(BaseModel):
+    """A stored dataset: how it was made and what is in it. Jobs name it in `dataset`."""
+    name: str
+    created: str
+    sha256: str = Field(description="SHA-256 of the uploaded bytes (the files in name order when several)")
+    style: str = Field(description="the tokenizer normalisation its text went through")
+    model: str | None = Field(None, description="the model whose tokenizer normalised it")
+    split: dict[str, Any] | str = Field(description="the valid/test fractions and seed of the split by line, or "
+                                                    "\"as uploaded\"")
+    lines: dict[str, int]
+    tokens: dict[str, int]
+    vocab_size: int = Field(description="distinct words of the train split")
+    unknown: dict[str, DatasetUnknown] = Field(description="per served model: what its vocabulary lacks")
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "name": "support-tickets", "created": "2026-12-01T01:00:00Z", "sha256": "9f2c...", "style": "wikitext",
+        "model": "lstm", "split": {"valid": 0.1, "test": 0.1, "seed": 0},
+        "lines": {"train": 800, "valid": 100, "test": 100}, "tokens": {"train": 16210, "valid": 2050, "test": 1980},
+        "vocab_size": 2431, "unknown": {"lstm": {"tokens": 0.031, "words": 0.12, "top": ["Acme", "SKU"]}}}]})
+
+
+class DatasetList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[DatasetInfo]

@@ -84,12 +84,20 @@ class Settings(BaseSettings):
     data_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list,
                                                         description="`:`-separated corpus folders jobs may read")
     jobs_db: Path = Path("jobs.db")
+    # uploaded datasets (POST /v1/datasets): stored here, which is also a data root for jobs
+    datasets_dir: Path | None = Field(None, description="folder of uploaded datasets; unset: uploads are off")
+    max_dataset_bytes: int = Field(64 * 2**20, ge=1, description="largest dataset upload; bigger ones get 413")
     job_stale_after_s: float = Field(30.0, gt=0, description="a running job without a worker heartbeat for "
                                                              "this long is re-queued (its worker died)")
     worker_poll_interval_s: float = Field(1.0, gt=0, description="how often an idle worker looks for jobs")
     worker_metrics_port: int = Field(0, ge=0, le=65535, description="worker's Prometheus port; 0 = off")
     worker_restart_backoff_s: float = Field(0.5, gt=0, le=30, description="serve --with-worker: wait before "
                                             "restarting a dead worker; doubles while workers die young, up to 30 s")
+
+    @property
+    def job_data_roots(self) -> list[Path]:
+        """Where a job's corpus may lie: the data roots and the uploaded datasets' folder."""
+        return list(self.data_roots) + ([self.datasets_dir] if self.datasets_dir is not None else [])
 
     @field_validator("data_roots", mode="before")
     @classmethod

@@ -329,7 +329,7 @@ def run_worker(settings: Settings, *, once: bool = False, metrics_host: str = "1
                parent_pid: int | None = None, worker_id: str | None = None) -> int:
     """`rnnlm worker`: claim and run jobs until SIGTERM/SIGINT, which hand the running job back to the queue."""
     store = JobStore(settings.jobs_db, stale_after_s=settings.job_stale_after_s)
-    worker = Worker(store, settings.checkpoints, data_roots=settings.data_roots, worker_id=worker_id,
+    worker = Worker(store, settings.checkpoints, data_roots=settings.job_data_roots, worker_id=worker_id,
                     poll_interval_s=settings.worker_poll_interval_s,
                     parent_pid=parent_pid, device=settings.device)
 

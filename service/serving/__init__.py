@@ -6,11 +6,12 @@ calls the batcher or the engine off the event loop, records the metrics and retu
 schema; the routes only validate, call one method and return.
 """
 from service.serving.completions import CompletionService
+from service.serving.datasets import DatasetService
 from service.serving.generation import GenerationService, GenerationStream
 from service.serving.jobs import JobService
 from service.serving.models import ModelService
 from service.serving.next_word import NextWordService
 from service.serving.scoring import ScoringService
 
-__all__ = ["CompletionService", "GenerationService", "GenerationStream", "JobService", "ModelService",
-           "NextWordService", "ScoringService"]
+__all__ = ["CompletionService", "DatasetService", "GenerationService", "GenerationStream", "JobService",
+           "ModelService", "NextWordService", "ScoringService"]

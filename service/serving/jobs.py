@@ -6,6 +6,7 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
+from models import dataset
 from models.checkpoint import CONFIG
 from models.data import check_corpus_within, split_path
 from models.errors import DataError
@@ -89,7 +90,7 @@ class JobService:
         digest = request_hash(body)
         if key is not None and (job := self.store.find_idempotent(key, digest)) is not None:
             return JobCreated(id=job.id, status=job.status), True  # before the checks: its model may exist now
-        data = resolve_data(body.data, self.settings.data_roots)
+        data = resolve_data(self.corpus_of(body), self.settings.job_data_roots)
         check_names(body, self.settings)
         params = body.model_dump(exclude={"type", "name"}) | {"data": str(data)}
         try:
@@ -97,6 +98,20 @@ class JobService:
         except JobConflict as exc:
             raise ConflictError(f"name: {exc}", "name") from None
         return JobCreated(id=job.id, status=job.status), job.replayed
+
+    def corpus_of(self, body: JobRequest) -> str:
+        """The corpus folder a job names: its `data`, or the folder of its uploaded `dataset`."""
+        if body.dataset is None:
+            return body.data
+        if body.data is not None:
+            raise BadRequestError("give data (a folder) or dataset (an uploaded dataset), not both", "dataset")
+        if self.settings.datasets_dir is None:
+            raise BadRequestError("dataset: the server has no datasets dir (set RNNLM_DATASETS_DIR)", "dataset")
+        try:
+            return str(dataset.get(self.settings.datasets_dir, body.dataset).path)
+        except dataset.DatasetNotFound as exc:
+            exc.param = "dataset"
+            raise
 
     def list_jobs(self, status: JobStatus | None, limit: int) -> JobList:
         return JobList(data=[job_info(j) for j in self.store.list_jobs(status, limit)])

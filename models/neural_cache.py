@@ -1,0 +1,301 @@
+"""Neural continuous cache (Grave, Joulin & Usunier, 2017): a document's recent hidden states remember
+which word followed them, so a word the document already used gets more probability.
+
+    p(w | t) = (1 - lam) p_model(w | t) + lam p_cache(w | t)
+    p_cache(w | t) ∝ sum over i in [t - window, t) with x_i = w of exp(theta * h_t . h_i)
+
+h_i is the feature the output layer reads at position i and x_i the word it predicted (its target).
+theta, lam and window are fitted on validation text (`fit_cache`) and stored in the model's config.json
+(`cache` block). Scoring needs only the target's matches, never [T, V]: one [chunk, chunk + window]
+matmul per chunk of positions; next-word prediction adds the cache to the full distribution it has.
+At a position with an empty cache (a document's first word) the model's probability is used alone.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from models.checkpoint import CONFIG, read_config
+from models.data import Stream
+from models.device import model_device
+from models.evaluate import StreamScore, topic_target_log_probs
+from models.rnnlm import RNNLM, State, detach_state
+
+# Positions per chunk of the cache's matmul (tuned so a [chunk, chunk + window] block stays a few MiB).
+CHUNK = 256
+# The grid `fit_cache` searches: windows (positions), theta (per unit of the mean squared feature norm), lam.
+WINDOWS = (100, 500, 1000, 2000)
+THETA_SCALES = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0)
+LAMBDAS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)
+
+
+@dataclass(frozen=True)
+class CacheParams:
+    theta: float    # inverse temperature of the cache's dot products
+    lam: float      # weight of the cache in the mixture
+    window: int     # how many previous positions the cache holds
+
+    def __post_init__(self) -> None:
+        if not (self.theta > 0 and 0 < self.lam < 1 and self.window >= 1):
+            raise ValueError(f"cache needs theta > 0, 0 < lam < 1 and window >= 1; got {self}")
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> CacheParams | None:
+        """The `cache` block of a model's config.json, or None when the model has none."""
+        block = meta.get("cache")
+        if not block:
+            return None
+        return cls(float(block["theta"]), float(block["lambda"]), int(block["window"]))
+
+    def to_dict(self) -> dict:
+        return {"theta": self.theta, "lambda": self.lam, "window": self.window}
+
+
+# ---- the cache term ------------------------------------------------------------------------------
+def _chunk_scores(feats: Tensor, start: int, end: int, window: int) -> tuple[Tensor, Tensor, int]:
+    """Dot products of positions [start, end) with keys [lo, end) ([C, end - lo]) and each pair's
+    distance t - i; a pair is in the cache when 1 <= distance <= window."""
+    lo = max(0, start - window)
+    scores = feats[start:end] @ feats[lo:end].T
+    dist = torch.arange(start, end, device=feats.device)[:, None] - torch.arange(lo, end, device=feats.device)[None, :]
+    return scores, dist, lo
+
+
+def cache_log_probs(feats: Tensor, targets: Tensor, params: CacheParams, chunk: int = CHUNK) -> Tensor:
+    """log p_cache(target_t | t) for each position of one document ([N] float32); -inf where the
+    target is not in the cache, nan where the cache is empty (the first position)."""
+    n = feats.shape[0]
+    out = feats.new_full((n,), math.nan)
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        scores, dist, lo = _chunk_scores(feats, s, e, params.window)
+        inside = (dist >= 1) & (dist <= params.window)
+        logits = (params.theta * scores).masked_fill(~inside, -math.inf)
+        den = torch.logsumexp(logits, -1)
+        match = targets[s:e, None] == targets[None, lo:e]
+        num = torch.logsumexp(logits.masked_fill(~match, -math.inf), -1)
+        out[s:e] = torch.where(torch.isfinite(den), num - den, out[s:e])
+    return out
+
+
+def mix(model_lp: Tensor, cache_lp: Tensor, lam: float) -> Tensor:
+    """log((1 - lam) p_model + lam p_cache); the model alone where the cache is empty (nan)."""
+    model_lp = model_lp.double()
+    mixed = torch.logaddexp(model_lp + math.log1p(-lam), cache_lp.double() + math.log(lam))
+    return torch.where(torch.isnan(cache_lp), model_lp, mixed)
+
+
+def document_log_probs(feats: Tensor, targets: Tensor, model_lp: Tensor, params: CacheParams) -> Tensor:
+    """log p(target) of every position of one document under the cache mixture ([N] float64)."""
+    return mix(model_lp, cache_log_probs(feats.float(), targets, params), params.lam)
+
+
+def next_word_log_probs(log_probs: Tensor, feats: Tensor, words: Tensor, params: CacheParams) -> Tensor:
+    """The full next-word log-distribution ([V]) mixed with the cache of a typed text: `feats` are the
+    features of the text's positions ([T + 1, D], the last one predicts the next word) and `words`
+    the T words that followed the first T of them."""
+    keys = feats[:-1][-params.window:]
+    if keys.shape[0] == 0:
+        return log_probs
+    followers = words[-keys.shape[0]:]
+    logits = params.theta * (keys @ feats[-1])
+    cache = torch.zeros_like(log_probs).index_add_(0, followers, torch.softmax(logits, 0).to(log_probs.dtype))
+    return torch.log((1 - params.lam) * log_probs.exp() + params.lam * cache)
+
+
+# ---- whole streams (rnnlm eval --cache, fit-cache, the bench) --------------------------------------
+@dataclass
+class StreamFeatures:
+    """One pass of the model over a stream, in stream order: what the cache and its fit need."""
+    feats: Tensor       # [N, D] float32
+    targets: Tensor     # [N]
+    model_lp: Tensor    # [N] float64: log p_model(target) (with the title boost when conditioned)
+    seconds: float
+
+
+@torch.inference_mode()
+def stream_features(model: RNNLM, stream: Stream, use_context: bool = True, rows: int = 16,
+                    window: int = 256) -> StreamFeatures:
+    """Features and model log-probs of every token of `stream`, computed like `evaluate_stream` (the
+    stream cut into `rows` segments run in parallel from a zero state) and put back in stream order."""
+    t0 = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    device = model_device(model)
+    use_context = use_context and model.config.context
+    ids = stream.ids.to(device)
+    n = ids.numel()
+    inputs = torch.cat([ids.new_tensor([stream.eos]), ids[:-1]])
+    rows = max(1, min(rows, n))
+    length = math.ceil(n / rows)
+    pad = rows * length - n
+    x = torch.cat([inputs, inputs.new_zeros(pad)]).view(rows, length)
+    y = torch.cat([ids, ids.new_zeros(pad)]).view(rows, length)
+    titles = stream.titles.to(device)
+    t = torch.cat([titles, titles.new_zeros(pad)]).view(rows, length)
+    position = torch.arange(rows * length, device=device).view(rows, length)
+    vectors = model.context_vector(*(v.to(device) for v in stream.title_table())) if use_context else None
+    feats = torch.empty(n, model.config.emb if model.proj is not None else model.config.hidden, device=device)
+    model_lp = torch.empty(n, dtype=torch.float64, device=device)
+    state = None
+    try:
+        for start in range(0, length, window):
+            sl = slice(start, start + window)
+            out, state = model.features(x[:, sl], state, vectors[t[:, sl]] if use_context else None)
+            state = detach_state(state)
+            m = position[:, sl] < n
+            f, tgt, pos = out[m], y[:, sl][m], position[:, sl][m]
+            if use_context:
+                lp = topic_target_log_probs(model, f, tgt, t[:, sl][m], stream.title_words)
+            else:
+                lp = model.target_log_probs(f, tgt)
+            feats[pos], model_lp[pos] = f, lp.double()
+    finally:
+        model.train(was_training)
+    return StreamFeatures(feats, ids, model_lp, time.perf_counter() - t0)
+
+
+def perplexity(lp: Tensor) -> float:
+    return math.exp(-lp.double().mean().item())
+
+
+@dataclass
+class CacheFit:
+    params: CacheParams
+    perplexity: float            # the fitted cache's perplexity on the fitting text
+    perplexity_without: float    # the model's alone
+    grid: list[dict]             # every (window, theta) tried, with its best lambda and perplexity
+
+
+@torch.inference_mode()
+def fit_cache(data: StreamFeatures, windows: Sequence[int] = WINDOWS, theta_scales: Sequence[float] = THETA_SCALES,
+              lambdas: Sequence[float] = LAMBDAS, chunk: int = CHUNK) -> CacheFit:
+    """Grid search of (window, theta, lam) minimising the stream's perplexity, from one pass of features.
+
+    theta is searched relative to 1 / mean |h|^2 (the dot products' scale differs between models).
+    For each theta one exp of the distance-ordered [chunk, max window] scores, cumulated along the
+    distance, gives the cache's numerator and normaliser for every window at once; lam is then a
+    cheap [lambdas, N] mixture."""
+    feats, targets = data.feats.float(), data.targets
+    n, big = feats.shape[0], max(windows)
+    scale = 1.0 / feats.pow(2).sum(-1).mean().item()
+    thetas = [s * scale for s in theta_scales]
+    cache = torch.full((len(thetas), len(windows), n), math.nan, dtype=torch.float64)
+    at = torch.tensor([w - 1 for w in windows])
+    for s in range(1, n, chunk):
+        e = min(n, s + chunk)
+        lo = max(0, s - big)
+        scores = feats[s:e] @ feats[lo:e].T                                           # [C, e - lo]
+        t = torch.arange(s, e)[:, None]
+        d = torch.arange(1, big + 1)[None, :]                                          # distances 1..big
+        key = t - d                                                                    # [C, big]
+        valid = key >= 0
+        idx = (key - lo).clamp(min=0)
+        by_dist = scores.gather(1, idx).masked_fill(~valid, -math.inf)
+        match = (targets[s:e, None] == targets[lo:e][idx]) & valid
+        top = by_dist[:, : min(windows)].max(1, keepdim=True).values                 # stable for every window
+        for j, theta in enumerate(thetas):
+            w = torch.exp(theta * (by_dist - top))
+            den = w.cumsum(1)[:, at]
+            num = (w * match).cumsum(1)[:, at]
+            cache[j, :, s:e] = (num.log() - den.log()).T.double()
+    model_lp = data.model_lp.double()
+    best: tuple[float, CacheParams] | None = None
+    grid = []
+    lam = torch.tensor(lambdas, dtype=torch.float64)[:, None]
+    for j, theta in enumerate(thetas):
+        for k, window in enumerate(windows):
+            c = cache[j, k]
+            mixed = torch.logaddexp(model_lp + torch.log1p(-lam), c + lam.log())
+            mixed = torch.where(torch.isnan(c), model_lp, mixed)
+            ppl = torch.exp(-mixed.mean(1))
+            i = int(ppl.argmin())
+            grid.append({"window": window, "theta": round(theta, 6), "lambda": lambdas[i],
+                         "perplexity": round(float(ppl[i]), 4)})
+            if best is None or float(ppl[i]) < best[0]:
+                best = (float(ppl[i]), CacheParams(round(theta, 6), lambdas[i], window))
+    assert best is not None
+    return CacheFit(best[1], best[0], perplexity(model_lp), grid)
+
+
+def write_cache_block(folder: str | Path, params: CacheParams, fitted_on: dict) -> dict:
+    """Add (or replace) the `cache` block of a model folder's config.json; nothing else changes."""
+    folder = Path(folder)
+    config = read_config(folder)
+    config["cache"] = params.to_dict() | fitted_on
+    tmp = folder / f".{CONFIG}.tmp"
+    tmp.write_text(json.dumps(config, indent=2) + "\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, folder / CONFIG)
+    return config
+
+
+# ---- next word: the text typed so far -------------------------------------------------------------
+class TypedMemory:
+    """The features of the last few typed texts (per context), so a keystroke reads only its new words.
+
+    A text extends (or shortens) the one typed before it: the longest remembered text sharing its
+    start gives the features up to there and, when the new text is longer, the recurrent state to
+    read the rest from. Bounded by `entries`; thread-safe.
+    """
+
+    def __init__(self, entries: int = 16) -> None:
+        self.entries = entries
+        self._items: OrderedDict[tuple, tuple[tuple[int, ...], Tensor, State]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def features(self, model: RNNLM, key: tuple | None, ids: list[int], eos: int, vector: Tensor | None) -> Tensor:
+        """Features of every position of <eos> + ids ([len(ids) + 1, D]): row j predicts ids[j]."""
+        wanted = tuple(ids)
+        with self._lock:
+            best, best_len = None, -1
+            for (k, _), (known, feats, state) in self._items.items():
+                if k != key:
+                    continue
+                common = _common_prefix(known, wanted)
+                if common == len(wanted):  # a longer (or equal) text: its first rows are the answer
+                    return feats[: len(wanted) + 1]
+                if common == len(known) and common > best_len:
+                    best, best_len = (known, feats, state), common
+        if best is None:
+            new = torch.tensor([[eos, *wanted]], dtype=torch.long, device=model.encoder.weight.device)
+            feats, state = model.features(new, None, vector)
+            feats = feats[0]
+        else:
+            known, old, state = best
+            new = torch.tensor([wanted[len(known):]], dtype=torch.long, device=old.device)
+            more, state = model.features(new, state, vector)
+            feats = torch.cat([old, more[0]])
+        with self._lock:
+            self._items[(key, wanted)] = (wanted, feats, state)
+            self._items.move_to_end((key, wanted))
+            while len(self._items) > self.entries:
+                self._items.popitem(last=False)
+        return feats
+
+
+def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def evaluate_with_cache(model: RNNLM, stream: Stream, params: CacheParams, use_context: bool = True) -> StreamScore:
+    """Like `evaluate_stream`, with the whole stream read as one document through the cache."""
+    t0 = time.perf_counter()
+    data = stream_features(model, stream, use_context)
+    lp = document_log_probs(data.feats, data.targets, data.model_lp, params)
+    return StreamScore(-lp.sum().item(), data.targets.numel(), time.perf_counter() - t0)
