@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
 
-from models import score_file, versions_cli
+from models import quality_cli, score_file, versions_cli
 from models.config import (RULES, STUDENT_SIZE, DistillConfig, SettingError, TrainConfig, check_setting, choices,
                            defaults)
 
@@ -187,11 +187,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
         lines = lines[: args.lines]
     stream = encode_lines(lines, loaded.tokenizer.vocab, titles=loaded.config.context)
     oov = sum(1 for line in lines for w in line.split() if w not in loaded.tokenizer.vocab)
-    score = evaluate_stream(loaded.model, stream, use_context=args.context == "titles")
+    if args.cache:
+        from models.neural_cache import CacheParams, evaluate_with_cache
+
+        params = CacheParams.from_meta(loaded.meta)
+        if params is None:
+            raise ValueError(f"{args.model} has no fitted neural cache: run rnnlm fit-cache first")
+        score = evaluate_with_cache(loaded.model, stream, params, use_context=args.context == "titles")
+    else:
+        score = evaluate_stream(loaded.model, stream, use_context=args.context == "titles")
     result = {"model": loaded.name, "data": str(path), "perplexity": round(score.perplexity, 4),
               "num_tokens": score.num_tokens, "nll": round(score.nll, 4), "oov_count": oov,
               "seconds": round(score.seconds, 3), "tokens_per_s": round(score.num_tokens / max(score.seconds, 1e-9)),
               "device": str(device)}
+    if args.cache:
+        result["cache"] = loaded.meta["cache"]
     if loaded.config.context:
         result["context"] = args.context
     if args.record:
@@ -262,6 +272,8 @@ def add_commands(sub) -> dict[str, Command]:
     p.add_argument("--json", action="store_true", help="print one JSON line")
     p.add_argument("--record", metavar="KEY", default=None,
                    help="also store the result under metrics.KEY in the model's config.json")
+    p.add_argument("--cache", action="store_true",
+                   help="read the text as one document through the model's fitted neural cache (rnnlm fit-cache)")
     p.add_argument("--threads", type=positive(), default=None)
     add_device_flag(p)
 
@@ -285,6 +297,7 @@ def add_commands(sub) -> dict[str, Command]:
     add_device_flag(p)
 
     score_file.add_arguments(sub.add_parser("score", help="score a text file line by line (like KenLM's query)"))
+    quality_cli.add_arguments(sub, positive)
     versions_cli.add_arguments(sub.add_parser("models", help="list, promote or roll back the versions of the "
                                                              "models in a checkpoint folder"))
     return COMMANDS
@@ -292,7 +305,7 @@ def add_commands(sub) -> dict[str, Command]:
 
 COMMANDS: dict[str, Command] = {"train": cmd_train, "distill": cmd_distill, "eval": cmd_eval,
                                 "fit-boost": cmd_fit_boost, "generate": cmd_generate, "score": score_file.run,
-                                "models": versions_cli.run}
+                                "models": versions_cli.run, **quality_cli.COMMANDS}
 
 
 def run_command(prog: str, commands: dict[str, Command], args: argparse.Namespace) -> int:

@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from models import oov
 from models.checkpoint import LoadedModel
 from models.device import DeviceError, ServeDtype, model_device, place_model, resolve_device, serve_dtype
 from models.errors import InputError
+from models.neural_cache import CacheParams, TypedMemory, document_log_probs, next_word_log_probs
 from models.quantize import quantize_int8
 from models.rnnlm import State
 from models.state_cache import Listener, StateCache
@@ -53,6 +55,8 @@ class ScoredText:
     perplexity: float
     oov_count: int
     tokens: list[ScoredToken] = field(default_factory=list)
+    oov_convention: str = "unk-word"  # how OOV words were scored (models.oov)
+    cache: bool = False               # scored with the neural cache of its document (models.neural_cache)
 
 
 @dataclass
@@ -189,6 +193,9 @@ class Engine:
         self._sorted_words = [w for w, _ in words]
         self._sorted_ids = [i for _, i in words]
         self._banned = torch.tensor([self.vocab.unk], device=self.device)  # never suggested or generated
+        self.cache_params = CacheParams.from_meta(loaded.meta)  # the neural cache fitted for this model, if any
+        self.oov_penalty = oov.penalty_of(loaded.meta)          # open-vocabulary scoring's OOV penalty, if any
+        self._typed = TypedMemory()
 
     @property
     def name(self) -> str:
@@ -238,7 +245,7 @@ class Engine:
 
     @torch.inference_mode()
     def score(self, texts: Sequence[TextArg], add_eos: bool = True, context: ContextArg = None,
-              top_logprobs: int = 0) -> list[ScoredText]:
+              top_logprobs: int = 0, cache: bool = False, oov_convention: str = "unk-word") -> list[ScoredText]:
         """log p(text) for each text (raw text or token ids); the first token is predicted from <eos>
         (sentence start). With `top_logprobs` = k > 0 each token also carries the k most probable
         tokens at its position, from the same pass."""
@@ -252,7 +259,12 @@ class Engine:
                 raise InputError(f"text {i} has no tokens", f"texts.{i}")
         targets = [enc.ids + ([self.vocab.eos] if add_eos else []) for enc in encoded]
         tops: list[list[Alternatives]] | None = [] if top_logprobs else None
-        logprobs = self._target_logprobs(targets, self.resolve_context(context), top_logprobs, tops)
+        feats: list[Tensor] | None = [] if cache else None
+        if cache and self.cache_params is None:
+            raise InputError(f"model {self.name} has no fitted neural cache (rnnlm fit-cache)", "cache")
+        logprobs = self._target_logprobs(targets, self.resolve_context(context), top_logprobs, tops, feats)
+        if feats is not None:  # the texts are one document, in order
+            logprobs = self._with_cache(targets, logprobs, feats)
         results = []
         for i, (text, enc, lp) in enumerate(zip(texts, encoded, logprobs)):
             names = enc.tokens + [EOS] if add_eos else enc.tokens
@@ -262,8 +274,26 @@ class Engine:
             top = tops[i] if tops is not None else [None] * n
             results.append(ScoredText(text if isinstance(text, str) else detokenize(enc.tokens), total, n,
                                       math.exp(-total / n) if n else float("nan"), sum(enc.oov),
-                                      list(map(ScoredToken, names, lp, oov, top))))
-        return results
+                                      list(map(ScoredToken, names, lp, oov, top)), cache=cache))
+        return self.with_oov_convention(results, oov_convention)
+
+    def with_oov_convention(self, scores: Sequence[ScoredText], convention: str) -> list[ScoredText]:
+        """Scores under an OOV convention ("unk-word" or "open-vocab", see models.oov); a model without
+        an estimate of its unseen words keeps "unk-word" and says so in `oov_convention`."""
+        return oov.apply_convention(scores, convention, self.oov_penalty)
+
+    def _with_cache(self, targets: list[list[int]], logprobs: list[list[float]],
+                    feats: list[Tensor]) -> list[list[float]]:
+        """Per-token log-probs of the texts read as one document under the neural cache mixture."""
+        lens = [len(t) for t in targets]
+        flat = torch.tensor([t for row in targets for t in row], dtype=torch.long, device=self.device)
+        model_lp = torch.tensor([v for row in logprobs for v in row], dtype=torch.float64, device=self.device)
+        mixed = document_log_probs(torch.cat(feats), flat, model_lp, self.cache_params).tolist()
+        out, pos = [], 0
+        for n in lens:
+            out.append(mixed[pos:pos + n])
+            pos += n
+        return out
 
     def _top_and_targets(self, feats: Tensor, targets: Tensor, words: Tensor | None,
                          k: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -279,7 +309,8 @@ class Engine:
         return torch.cat(picked), torch.cat(values), torch.cat(ids)
 
     def _target_logprobs(self, targets: list[list[int]], context: ResolvedContext, top_k: int = 0,
-                         tops: list[list[Alternatives]] | None = None) -> list[list[float]]:
+                         tops: list[list[Alternatives]] | None = None,
+                         feats_out: list[Tensor] | None = None) -> list[list[float]]:
         """Per-token log-probs for many sequences.
 
         Sorted by length and cut into buckets of similar length (BUCKET_SPREAD, MIN_BUCKET_ROWS; at
@@ -288,9 +319,11 @@ class Engine:
         row's end never changes that row's outputs. Only real positions reach the output layer.
         Tensors are built from one flat list per bucket and split back with one `tolist()`. With
         `top_k` > 0 the k most probable tokens of every position are appended to `tops` (per sequence).
+        With `feats_out`, each sequence's output features ([len, D]) are put there, in input order.
         """
         order = sorted((i for i in range(len(targets)) if targets[i]), key=lambda i: len(targets[i]), reverse=True)
         out: list[list[float]] = [[] for _ in targets]
+        by_seq: list[Tensor | None] = [None] * len(targets)
         best: list[Alternatives] = []
         if tops is not None:
             tops[:] = [[] for _ in targets]
@@ -315,30 +348,41 @@ class Engine:
             tgt[mask] = flat
             inputs = torch.cat([torch.full((len(batch), 1), eos, device=dev), tgt[:, :-1]], dim=1)
             feats, _ = self.model.features(inputs, None, vector.expand(len(batch), -1) if vector is not None else None)
+            real = feats[mask]
             if top_k:
-                picked, values, ids = self._top_and_targets(feats[mask], flat, words, top_k)
+                picked, values, ids = self._top_and_targets(real, flat, words, top_k)
                 logp = picked.tolist()
                 itos = self.vocab.itos
                 best = [[(itos[j], v) for j, v in zip(row_ids, row_values)]
                         for row_ids, row_values in zip(ids.tolist(), values.tolist())]
             else:
-                logp = self.model.target_log_probs(feats[mask], flat, words=words).tolist()
+                logp = self.model.target_log_probs(real, flat, words=words).tolist()
             pos = 0
             for i, n in zip(batch, lens):
                 out[i] = logp[pos:pos + n]
+                if feats_out is not None:
+                    by_seq[i] = real[pos:pos + n]
                 if tops is not None:
                     tops[i] = best[pos:pos + n]
                 pos += n
+        if feats_out is not None:
+            width = self.model.proj.out_features if self.model.proj is not None else self.model.config.hidden
+            feats_out[:] = [f if f is not None else torch.empty(0, width, device=self.device) for f in by_seq]
         return out
 
-    def perplexity(self, texts: list[str], context: ContextArg = None) -> CorpusScore:
-        return corpus_score(self.score(texts, add_eos=True, context=context))
+    def perplexity(self, texts: list[str], context: ContextArg = None, cache: bool = False,
+                   oov_convention: str = "unk-word") -> CorpusScore:
+        """Perplexity over all tokens; with `cache` the texts are one document read in order."""
+        return corpus_score(self.score(texts, add_eos=True, context=context, cache=cache,
+                                       oov_convention=oov_convention))
 
-    def rank(self, candidates: list[str], context: ContextArg = None) -> list[ScoredText]:
-        """Candidates best first by total log-probability (n-best rescoring, grammar choice)."""
+    def rank(self, candidates: list[str], context: ContextArg = None,
+             oov_convention: str = "open-vocab") -> list[ScoredText]:
+        """Candidates best first by total log-probability (n-best rescoring, grammar choice); OOV words
+        get their share of <unk> (open vocabulary) so candidates with more of them are not favoured."""
         if not candidates:
             raise InputError("candidates must not be empty", "candidates")
-        return rank_scores(self.score(candidates, add_eos=True, context=context))
+        return rank_scores(self.score(candidates, add_eos=True, context=context, oov_convention=oov_convention))
 
     # ---- next word -----------------------------------------------------------------------------
     def _prefix_state(self, ids: list[int], context: ResolvedContext) -> tuple[Tensor, State]:
@@ -361,8 +405,9 @@ class Engine:
         return feat, state
 
     @torch.inference_mode()
-    def next_word(self, text: str, k: int = 5, context: ContextArg = None) -> NextWord:
-        """Top-k next words; if `text` ends inside a word, complete it (prefix-matching words, renormalised)."""
+    def next_word(self, text: str, k: int = 5, context: ContextArg = None, cache: bool = False) -> NextWord:
+        """Top-k next words; if `text` ends inside a word, complete it (prefix-matching words, renormalised).
+        With `cache`, the words typed so far get the neural cache's share (names typed come back)."""
         if k < 1:
             raise InputError("k must be at least 1", "k")
         prefix = None
@@ -372,8 +417,17 @@ class Engine:
             text = text[: match.start()]
         ids = self.tokenizer.encode(text).ids
         context = self.resolve_context(context)
-        feat, _ = self._prefix_state(ids, context)
-        probs = self.model.log_probs(feat, context.words if context.used else None)[0].exp()
+        if cache and self.cache_params is None:
+            raise InputError(f"model {self.name} has no fitted neural cache (rnnlm fit-cache)", "cache")
+        if cache:
+            feats = self._typed.features(self.model, context.key, ids, self.vocab.eos,
+                                         context.vector if context.used else None)
+            logp = self.model.log_probs(feats[-1:], context.words if context.used else None)[0]
+            words = torch.tensor(ids, dtype=torch.long, device=self.device)
+            probs = next_word_log_probs(logp, feats, words, self.cache_params).exp()
+        else:
+            feat, _ = self._prefix_state(ids, context)
+            probs = self.model.log_probs(feat, context.words if context.used else None)[0].exp()
         if prefix is None:
             probs[self._banned] = 0.0
             probs[self.vocab.eos] = 0.0
@@ -484,7 +538,8 @@ class Engine:
         logits[:, self._banned] = -math.inf
         if params.temperature == 0:
             return logits.argmax(dim=-1)
-        logits = logits / params.temperature
+        # shifted so the largest is 0 first: a tiny temperature then gives -inf, never inf - inf = nan
+        logits = (logits - logits.max(dim=-1, keepdim=True).values) / params.temperature
         if params.top_k > 0 and params.top_k < logits.shape[-1]:
             kth = torch.topk(logits, params.top_k, dim=-1).values[:, -1:]
             logits = logits.masked_fill(logits < kth, -math.inf)
