@@ -44,6 +44,12 @@ Context = Annotated[str | None, BeforeValidator(_blank_to_none), Field(
 ModelName = Annotated[str | None, Field(None, description="model name or alias; default: the `default` alias",
                                         examples=["lstm"])]
 FinishReason = Literal["length", "stop", "eos"]
+OovConvention = Literal["unk-word", "open-vocab"]
+OOV_CONVENTION_HELP = ("how a word outside the vocabulary is scored: `unk-word` gives it the whole <unk> probability "
+                       "(the published perplexity convention), `open-vocab` its share p(<unk>) / N_unseen, so texts "
+                       "with different numbers of unknown words compare fairly")
+CACHE_HELP = ("read the texts as one document, in order, through the model's neural cache: words the document "
+              "already used get more probability (a 422 if the model has no fitted cache)")
 
 
 class Request(BaseModel):
@@ -195,6 +201,8 @@ class ScoreRequest(Request):
     add_eos: bool = Field(True, description="also score the end of sentence (<eos>) after each text")
     details: bool = Field(False, description="return per-token log-probabilities")
     context: Context
+    cache: bool = Field(False, description=CACHE_HELP)
+    oov_convention: OovConvention = Field("open-vocab", description=OOV_CONVENTION_HELP)
 
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "model": "lstm", "texts": ["The game was released in Japan in 2011 .", "Japan released game the in ."],
@@ -222,7 +230,12 @@ class ContextInfo(BaseModel):
     warnings: list[str] = Field(default_factory=list)
 
 
-class ScoreResponse(ContextInfo):
+class ScoringInfo(ContextInfo):
+    oov_convention: OovConvention = Field("unk-word", description="how OOV words were scored (see the request)")
+    cache: bool = Field(False, description="whether the texts were scored as one document with the neural cache")
+
+
+class ScoreResponse(ScoringInfo):
     model: str
     results: list[TextScore]
 
@@ -239,6 +252,8 @@ class PerplexityRequest(Request):
     model: ModelName
     texts: list[Text] = Field(min_length=1)
     context: Context
+    cache: bool = Field(False, description=CACHE_HELP)
+    oov_convention: OovConvention = Field("unk-word", description=OOV_CONVENTION_HELP)
 
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "model": "lstm", "texts": ["The album was released in 1999 .", "It received positive reviews ."]}]})
@@ -252,7 +267,7 @@ class PerplexityResult(BaseModel):
     oov_count: int
 
 
-class PerplexityResponse(ContextInfo):
+class PerplexityResponse(ScoringInfo):
     model: str
     perplexity: float = Field(description="exp(nll / num_tokens) over all tokens of all texts")
     num_tokens: int
@@ -271,6 +286,7 @@ class RankRequest(Request):
     model: ModelName
     candidates: list[Text] = Field(min_length=1, description="alternatives to order, e.g. an ASR n-best list")
     context: Context
+    oov_convention: OovConvention = Field("open-vocab", description=OOV_CONVENTION_HELP)
 
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "model": "lstm", "candidates": ["He went to the store .", "He went too the store .",
@@ -286,7 +302,7 @@ class RankResult(BaseModel):
     oov_count: int
 
 
-class RankResponse(ContextInfo):
+class RankResponse(ScoringInfo):
     model: str
     results: list[RankResult] = Field(description="best first")
 
@@ -305,6 +321,8 @@ class NextWordRequest(Request):
                                   "may be empty (predict the first word)")
     k: int = Field(5, ge=1, description="number of predictions")
     context: Context
+    cache: bool = Field(False, description="mix in the model's neural cache of the text typed so far: names and "
+                                           "rare words already typed come back as suggestions")
 
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"model": "lstm", "text": "The company was founded in ", "k": 5},
@@ -320,6 +338,7 @@ class NextWordResponse(ContextInfo):
     model: str
     predictions: list[Prediction] = Field(description="most probable first")
     completing: str | None = Field(description="the half-typed word being completed, or null")
+    cache: bool = Field(False, description="whether the neural cache of the typed text was used")
 
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "context_used": False, "warnings": [], "model": "lstm", "completing": "Lon",

@@ -20,7 +20,7 @@ class NextWordService:
         check_limits(body, self.settings)
         engine = use_model(self.registry, body.model)
         context = engine.resolve_context(body.context)
-        result = await run_in_threadpool(engine.next_word, body.text, k=body.k, context=context)
+        result = await run_in_threadpool(engine.next_word, body.text, k=body.k, context=context, cache=body.cache)
         return NextWordResponse(model=engine.name, predictions=[Prediction(word=p.word, prob=p.prob)
                                                                 for p in result.predictions],
-                                completing=result.prefix, **context_fields(context))
+                                completing=result.prefix, cache=body.cache, **context_fields(context))
