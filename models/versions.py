@@ -284,8 +284,9 @@ def publish(model_dir: str | Path, src: str | Path, source: dict | None = None) 
         numbers = _numbers(model_dir)
         if not numbers:
             raise CheckpointError(f"{model_dir} exists but holds no model")
-        number = max(numbers) + 1
         versions = model_dir / VERSIONS
+        taken = [int(p.name) for p in versions.iterdir() if p.name.isdigit()]  # a broken one keeps its number
+        number = max(numbers + taken) + 1
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=versions))
         try:
             shutil.copytree(src, tmp, dirs_exist_ok=True)
