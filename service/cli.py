@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--insecure", action="store_true", help="allow a non-loopback address without an API key")
     p.add_argument("--threads", type=positive(), default=None, help="torch threads")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
-    p.add_argument("--jobs-db", default=None, help="training job database (default: jobs.db)")
+    p.add_argument("--jobs-db", default=None, help="the job store: a SQLite file (default: jobs.db) or a "
+                                                   "postgresql:// URL")
     add_device_flag(p, default=None)
     p.add_argument("--with-worker", action="store_true",
                    help="also run a training worker process (same checkpoints and job database)")
@@ -49,7 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "running job back to the queue (it resumes from its last epoch). Flags "
                                    "override RNNLM_* environment settings.")
     p.add_argument("--checkpoints", default=None, help="where finished models go (default: checkpoints)")
-    p.add_argument("--jobs-db", default=None, help="job database (default: jobs.db)")
+    p.add_argument("--jobs-db", default=None, help="the job store: a SQLite file (default: jobs.db) or a "
+                                                   "postgresql:// URL")
+    p.add_argument("--runs-dir", default=None, help="where running jobs keep their resumable state, shared by "
+                                                    "all workers (default: runs/ beside a SQLite store, or beside "
+                                                    "--checkpoints with PostgreSQL)")
     p.add_argument("--poll-interval", type=positive(float), default=None,
                    help="seconds between looks at an empty queue (default 1)")
     p.add_argument("--stale-after", type=positive(float), default=None,
@@ -171,7 +176,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     flags = {"checkpoints": args.checkpoints, "jobs_db": args.jobs_db, "worker_poll_interval_s": args.poll_interval,
              "job_stale_after_s": args.stale_after, "worker_metrics_port": args.metrics_port, "threads": args.threads,
-             "device": args.device}
+             "device": args.device, "job_runs_dir": args.runs_dir}
     settings = _settings("worker", flags)
     if settings is None:
         return EXIT_USAGE

@@ -1,10 +1,16 @@
-"""The job store: training and distillation jobs in one SQLite table, shared by the API and the workers.
+"""The job store: training and distillation jobs in one table, shared by the API and the workers.
 
-Workers claim a job with a single `UPDATE ... RETURNING` inside `BEGIN IMMEDIATE`, so two workers
-never take the same one. A running job carries its worker's id and a heartbeat; every update a
-worker makes is fenced on that id, and a job whose heartbeat is older than `stale_after_s` is
-handed back to the queue by the next worker that looks (its run state lives in `run_dir`, so it
-resumes from its last finished epoch). Timestamps are Unix seconds (float).
+`JobStore(location)` opens the store a setting names (`RNNLM_JOBS_DB`): a path or a `sqlite:///` URL
+gives the SQLite store below, for an API and workers on one host; a `postgresql://` URL gives the
+PostgreSQL store (service/jobs_postgres.py) for API replicas and workers on several. Both keep one
+contract, written down in `JobStore`: a claim is atomic, so two workers never take the same job; a
+running job carries its worker's id and a heartbeat, and every update a worker makes is fenced on that
+id; a job whose heartbeat is older than `stale_after_s` is handed back to the queue by the next worker
+that looks (its run state lives in `run_dir`, so it resumes from its last finished epoch). Each backend
+numbers its schema migrations and applies the missing ones when it is opened, so a newer release
+upgrades an older store in place. Timestamps are Unix seconds (float).
+
+SQLite: workers claim with a single `UPDATE ... RETURNING` inside `BEGIN IMMEDIATE`.
 """
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ import json
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +30,9 @@ ACTIVE = ("queued", "running")
 FINISHED = ("succeeded", "failed", "cancelled")
 MAX_RECOVERIES = 3  # a job whose worker died this many times is failed instead of re-queued
 BUSY_TIMEOUT_MS = 10_000
+POSTGRES_SCHEMES = ("postgresql", "postgres")
 
+# The first release's table: migration 1 of the SQLite store.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id               TEXT PRIMARY KEY,
@@ -44,16 +52,29 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at       REAL NOT NULL,
     started_at       REAL,
     finished_at      REAL,
-    run_dir          TEXT,
-    idempotency_key  TEXT,
-    request_hash     TEXT
+    run_dir          TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at);
 """
-# Columns added since the first release: a database made before them gets them on first use.
-MIGRATIONS = {"idempotency_key": "ALTER TABLE jobs ADD COLUMN idempotency_key TEXT",
-              "request_hash": "ALTER TABLE jobs ADD COLUMN request_hash TEXT"}
-INDEXES = "CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_idempotency_key ON jobs (idempotency_key)"
+MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"""
+
+
+def _add_idempotency_keys(conn: sqlite3.Connection) -> None:
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+    for column in ("idempotency_key", "request_hash"):
+        if column not in columns:  # SQLite has no ADD COLUMN IF NOT EXISTS
+            conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} TEXT")
+    conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_idempotency_key ON jobs (idempotency_key)")
+
+
+# Numbered schema migrations of the SQLite store, applied in order at open (the PostgreSQL store has the
+# same versions). Append only: a released migration is never edited. A store made before the
+# migrations table existed has version 0, and migration 1 finds its table already there.
+MIGRATIONS: list[tuple[str, str | Callable[[sqlite3.Connection], None]]] = [
+    ("jobs table", SCHEMA),
+    ("idempotency keys", _add_idempotency_keys),
+]
 
 
 class Beat(NamedTuple):
@@ -67,6 +88,14 @@ class JobNotFound(LookupError):
 
 class JobConflict(Exception):
     """The job is in a state that does not allow the operation (e.g. cancelling a finished job)."""
+
+
+class SchemaTooNew(RuntimeError):
+    """A newer release has migrated the store past what this one knows; stores are never migrated back."""
+
+    def __init__(self, where: str, found: int, known: int) -> None:
+        super().__init__(f"the job store {where} has schema version {found}, newer than this release knows "
+                         f"({known}): upgrade rnnlm-serve on this host")
 
 
 class IdempotencyKeyReused(Exception):
@@ -114,13 +143,146 @@ class Job:
         return self.status in FINISHED
 
 
+def parse_location(location: str | Path) -> tuple[str, str]:
+    """(backend, target) of a job store setting: ("sqlite", path) for a path or a sqlite:/// URL (as in
+    SQLAlchemy: sqlite:///jobs.db is relative, sqlite:////var/lib/jobs.db absolute), ("postgresql", url)
+    for a postgresql:// or postgres:// URL; ValueError for anything else."""
+    text = str(location)
+    if isinstance(location, Path) or "://" not in text:
+        if not text.strip():
+            raise ValueError("the job store location is empty")
+        return "sqlite", text
+    scheme = text.split("://", 1)[0].lower()
+    if scheme == "sqlite":
+        path = text[len("sqlite:///"):] if text.lower().startswith("sqlite:///") else ""
+        if not path:
+            raise ValueError(f"a SQLite job store URL is sqlite:///relative/path or sqlite:////absolute/path; "
+                             f"got {text!r}")
+        return "sqlite", path
+    if scheme in POSTGRES_SCHEMES:
+        return "postgresql", text
+    raise ValueError(f"the job store is a path, a sqlite:/// URL or a postgresql:// URL; got scheme {scheme!r}")
+
+
 class JobStore:
-    """All SQL lives here. One short-lived connection per call, so it is safe from any thread."""
+    """The job store contract, kept by every backend. `JobStore(location, stale_after_s)` opens the
+    backend `location` names (see `parse_location`); nothing is created or connected to until first use."""
+
+    backend: str
+    stale_after_s: float
+    # where a worker keeps running jobs' resumable state unless told otherwise; None: it must be told
+    runs_dir: Path | None
+
+    def __new__(cls, location: str | Path, stale_after_s: float = 30.0) -> JobStore:
+        if cls is JobStore:
+            backend, _ = parse_location(location)
+            if backend == "postgresql":
+                try:
+                    from service.jobs_postgres import PostgresJobStore
+                except ImportError as exc:
+                    raise RuntimeError(f"a PostgreSQL job store needs psycopg ({exc}): "
+                                       "pip install 'rnnlm-serve[postgres]'") from None
+                cls = PostgresJobStore
+            else:
+                cls = SqliteJobStore
+        return super().__new__(cls)
+
+    @staticmethod
+    def new_id() -> str:
+        return uuid.uuid4().hex
+
+    def exists(self) -> bool:
+        """Whether the store has been created (asking never creates it)."""
+        raise NotImplementedError
+
+    def migrate(self) -> int:
+        """Create the store or apply the migrations it lacks; its schema version. SchemaTooNew if a newer
+        release migrated it further. Every other method does this on first use."""
+        raise NotImplementedError
+
+    def schema_version(self) -> int:
+        raise NotImplementedError
+
+    # ---- API side ------------------------------------------------------------------------------
+    def find_idempotent(self, key: str, request_hash: str) -> Job | None:
+        """The job submitted under idempotency `key`, if any; IdempotencyKeyReused if its request differs."""
+        raise NotImplementedError
+
+    def submit(self, type_: str, name: str, params: dict[str, Any], *, idempotency_key: str | None = None,
+               request_hash: str | None = None) -> Job:
+        """Queue a job; JobConflict if a queued or running job already builds model `name`. With an
+        idempotency key already used for the same request (`request_hash`), the job it made (`replayed`);
+        IdempotencyKeyReused if it was used for another request."""
+        raise NotImplementedError
+
+    def get(self, job_id: str) -> Job:
+        """The job; JobNotFound if there is none with this id."""
+        raise NotImplementedError
+
+    def list_jobs(self, status: str | None = None, limit: int = 100) -> list[Job]:
+        """Newest first."""
+        raise NotImplementedError
+
+    def counts(self) -> dict[str, int]:
+        """Number of jobs per status (every status present, zeros included)."""
+        raise NotImplementedError
+
+    def cancel(self, job_id: str) -> Job:
+        """Queued: cancelled at once. Running: flagged, the worker stops between steps. Finished: JobConflict."""
+        raise NotImplementedError
+
+    # ---- worker side ---------------------------------------------------------------------------
+    def recover_stale(self) -> list[str]:
+        """Hand running jobs whose worker stopped heartbeating back to the queue (or end them); their ids.
+
+        A job already asked to cancel is cancelled; one whose workers died MAX_RECOVERIES times is
+        failed, so that a job that kills its worker (e.g. out of memory) cannot loop forever.
+        """
+        raise NotImplementedError
+
+    def requeue_worker(self, worker_id: str) -> list[str]:
+        """Recover the running jobs of a worker known to be dead (its supervisor saw it exit) at once,
+        as `recover_stale` would once their heartbeat is old; returns their ids."""
+        raise NotImplementedError
+
+    def claim(self, worker_id: str) -> Job | None:
+        """Take the oldest queued job (after re-queueing stale ones); None if the queue is empty."""
+        raise NotImplementedError
+
+    def set_run_dir(self, job_id: str, worker_id: str, run_dir: str) -> bool:
+        """Record where the job's resumable state lives; False if the worker no longer owns the job."""
+        raise NotImplementedError
+
+    def heartbeat(self, job_id: str, worker_id: str, progress: dict[str, Any] | None = None) -> Beat:
+        """Refresh the heartbeat (and progress, when given) and read the cancel flag, in one write."""
+        raise NotImplementedError
+
+    def finish(self, job_id: str, worker_id: str, status: str, *, result: dict[str, Any] | None = None,
+               error: str | None = None) -> bool:
+        """End an owned running job as succeeded, failed or cancelled; False if the worker lost it."""
+        raise NotImplementedError
+
+    def release(self, job_id: str, worker_id: str) -> bool:
+        """Put a running job back in the queue (the worker is shutting down); it resumes later."""
+        raise NotImplementedError
+
+
+class SqliteJobStore(JobStore):
+    """All SQL for SQLite lives here. One short-lived connection per call, so it is safe from any thread."""
+
+    backend = "sqlite"
 
     def __init__(self, path: str | Path, stale_after_s: float = 30.0) -> None:
-        self.path = Path(path)
+        self.path = Path(parse_location(path)[1])
         self.stale_after_s = stale_after_s
         self._ready = False
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.path.resolve().parent / "runs"
 
     # ---- plumbing ------------------------------------------------------------------------------
     def exists(self) -> bool:
@@ -133,23 +295,43 @@ class JobStore:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         return conn
 
+    def migrate(self) -> int:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = self._connect()
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")  # readers never block the writer
+            conn.execute("BEGIN IMMEDIATE")  # one process migrates; the others then find nothing to do
+            try:
+                conn.execute(MIGRATIONS_TABLE)
+                version = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()[0]
+                if version > len(MIGRATIONS):
+                    raise SchemaTooNew(str(self.path), version, len(MIGRATIONS))
+                for number, (name, step) in enumerate(MIGRATIONS[version:], start=version + 1):
+                    if callable(step):
+                        step(conn)
+                    else:  # not executescript: it would commit the transaction first
+                        for statement in filter(str.strip, step.split(";")):
+                            conn.execute(statement)
+                    conn.execute("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                                 (number, name, time.time()))
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+        self._ready = True
+        return max(version, len(MIGRATIONS))
+
+    def schema_version(self) -> int:
+        with self._conn() as conn:
+            return conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()[0]
+
     @contextmanager
     def _conn(self) -> Iterator[sqlite3.Connection]:
-        """A connection to the database, created (WAL mode, schema) on first use."""
+        """A connection to the database, created (WAL mode, migrations) on first use."""
         if not self._ready:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = self._connect()
-            try:
-                conn.execute("PRAGMA journal_mode = WAL")  # readers never block the writer
-                conn.executescript(SCHEMA)
-                columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
-                for column, sql in MIGRATIONS.items():
-                    if column not in columns:
-                        conn.execute(sql)
-                conn.execute(INDEXES)
-            finally:
-                conn.close()
-            self._ready = True
+            self.migrate()
         conn = self._connect()
         try:
             yield conn

@@ -8,6 +8,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from models.device import DEVICE_HELP, ServeDtype, valid_device
+from service.jobs import parse_location
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 # API keys refused on a public address: the examples' placeholders, and anything this short
@@ -83,7 +84,12 @@ class Settings(BaseSettings):
     # training jobs (used by the jobs API and the worker)
     data_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list,
                                                         description="`:`-separated corpus folders jobs may read")
-    jobs_db: Path = Path("jobs.db")
+    jobs_db: Path | str = Field(Path("jobs.db"), description="the job store: a SQLite file (a path, or "
+                                "sqlite:///relative/path, sqlite:////absolute/path) or a PostgreSQL URL "
+                                "(postgresql://user@host:5432/db) for API replicas and workers on several hosts")
+    job_runs_dir: Path | None = Field(None, description="where workers keep running jobs' resumable state (all "
+                                      "workers must reach it to resume each other's jobs); default: runs/ beside "
+                                      "a SQLite job store, runs/ beside the checkpoints folder with PostgreSQL")
     # uploaded datasets (POST /v1/datasets): stored here, which is also a data root for jobs
     datasets_dir: Path | None = Field(None, description="folder of uploaded datasets; unset: uploads are off")
     max_dataset_bytes: int = Field(64 * 2**20, ge=1, description="largest dataset upload; bigger ones get 413")
@@ -98,6 +104,14 @@ class Settings(BaseSettings):
     def job_data_roots(self) -> list[Path]:
         """Where a job's corpus may lie: the data roots and the uploaded datasets' folder."""
         return list(self.data_roots) + ([self.datasets_dir] if self.datasets_dir is not None else [])
+
+    @field_validator("jobs_db", mode="before")
+    @classmethod
+    def _job_store_location(cls, value: object) -> object:
+        if isinstance(value, (str, Path)):
+            backend, target = parse_location(value)  # a ValueError names the forms it takes
+            return value if backend == "postgresql" else Path(target)
+        return value
 
     @field_validator("data_roots", mode="before")
     @classmethod

@@ -172,9 +172,11 @@ class Worker:
     def __init__(self, store: JobStore, checkpoints: str | Path, *, poll_interval_s: float = 1.0,
                  worker_id: str | None = None, heartbeat_s: float | None = None,
                  data_roots: Sequence[str | Path] = (),
-                 parent_pid: int | None = None, device: str = "auto") -> None:
+                 parent_pid: int | None = None, device: str = "auto", runs_dir: str | Path | None = None) -> None:
         self.store = store
         self.checkpoints = Path(checkpoints)
+        # running jobs' resumable state: a folder every worker reaches (beside a SQLite store by default)
+        self.runs_dir = Path(runs_dir or store.runs_dir or self.checkpoints.resolve().parent / "runs").resolve()
         self.poll_interval_s = poll_interval_s
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         # beat often enough that a live worker is never taken for dead
@@ -200,7 +202,7 @@ class Worker:
 
     def run(self, once: bool = False) -> int:
         """Process jobs until stopped (or, with `once`, at most one job); returns how many were taken."""
-        log.info("worker %s: jobs from %s, models to %s", self.id, self.store.path, self.checkpoints)
+        log.info("worker %s: jobs from %s, models to %s", self.id, self.store, self.checkpoints)
         taken = 0
         while not self.stopping:
             self.check_parent()
@@ -225,7 +227,7 @@ class Worker:
 
     def run_job(self, job: Job) -> str:
         """Run one claimed job to an outcome: succeeded, failed, cancelled, released or lost."""
-        run_dir = Path(job.run_dir) if job.run_dir else self.store.path.resolve().parent / "runs" / job.id
+        run_dir = Path(job.run_dir) if job.run_dir else self.runs_dir / job.id
         if not job.run_dir:
             self.store.set_run_dir(job.id, self.id, str(run_dir))
         resumed = " (resuming)" if (run_dir / "state" / "state.pt").exists() else ""
@@ -277,7 +279,7 @@ class Worker:
         # What the job reads and writes stays inside its folders, symlinks followed (one planted since the
         # job was submitted included): a DataError fails the job before anything is read.
         check_corpus_within(request.data, self.data_roots or [request.data])
-        resolve_within(run_dir, [self.store.path.resolve().parent / "runs"], "the job runs folder")
+        resolve_within(run_dir, [self.runs_dir], "the job runs folder")
         target = self.checkpoints / job.name
         resolve_within(target, [self.checkpoints], "the checkpoint folder")
         overwrite = request.overwrite
@@ -331,7 +333,7 @@ def run_worker(settings: Settings, *, once: bool = False, metrics_host: str = "1
     store = JobStore(settings.jobs_db, stale_after_s=settings.job_stale_after_s)
     worker = Worker(store, settings.checkpoints, data_roots=settings.job_data_roots, worker_id=worker_id,
                     poll_interval_s=settings.worker_poll_interval_s,
-                    parent_pid=parent_pid, device=settings.device)
+                    parent_pid=parent_pid, device=settings.device, runs_dir=settings.job_runs_dir)
 
     def on_signal(signum: int, frame: object) -> None:
         log.info("worker %s: %s received, stopping after the current step", worker.id, signal.Signals(signum).name)

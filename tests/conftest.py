@@ -1,10 +1,14 @@
 """Shared fixtures: the corpora (read in place from ../shared/data) and one tiny trained model."""
 from __future__ import annotations
 
+import importlib.util
 import os
+import pwd
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -134,3 +138,59 @@ def proc_tools(free_port) -> SimpleNamespace:
     timeout, what, proc, log), wait_ready(url, proc, log, what, timeout_s) and stop(proc)."""
     return SimpleNamespace(free_port=free_port, clean_env=_clean_env, wait_for=_wait_for, wait_ready=_wait_ready,
                            stop=_stop)
+
+
+# ---- a real PostgreSQL for the job store ------------------------------------------------------------
+def _postgres_bin() -> Path | None:
+    """The folder of PostgreSQL's server programs (Debian keeps initdb and pg_ctl off PATH)."""
+    if found := shutil.which("pg_ctl"):
+        return Path(found).parent
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]))
+    return found[-1].parent if found else None
+
+
+@pytest.fixture(scope="session")
+def postgres(free_port):
+    """A throwaway PostgreSQL server on 127.0.0.1 for this session: initdb in a temporary folder, run as
+    the `postgres` user when the tests run as root. `postgres.new_database()` -> the URL of an empty
+    database. Skips without PostgreSQL (Debian's `postgresql` package) or psycopg; fails under CI=true."""
+    missing = None
+    if (bin_dir := _postgres_bin()) is None:
+        missing = "no PostgreSQL server programs (initdb, pg_ctl): install Debian's postgresql package"
+    elif importlib.util.find_spec("psycopg") is None:
+        missing = "psycopg is not installed: pip install -e '.[test]'"
+    if missing:
+        if os.environ.get("CI") == "true":
+            pytest.fail(missing)
+        pytest.skip(missing)
+    import psycopg
+
+    user = None
+    folder = Path(tempfile.mkdtemp(prefix="rnnlm-pg-"))
+    if os.geteuid() == 0:  # the server refuses to run as root
+        user = pwd.getpwnam("postgres")
+        os.chown(folder, user.pw_uid, user.pw_gid)
+    as_user = {"user": user.pw_uid, "group": user.pw_gid} if user else {}
+    data, port = folder / "data", free_port()
+    subprocess.run([bin_dir / "initdb", "-D", data, "-U", "rnnlm", "-A", "trust", "-E", "UTF8", "--no-sync"],
+                   check=True, capture_output=True, **as_user)
+    options = f"-h 127.0.0.1 -p {port} -k {folder} -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    started = subprocess.run([bin_dir / "pg_ctl", "-D", data, "-l", folder / "log", "-w", "-t", "60", "-o", options,
+                              "start"], capture_output=True, text=True, **as_user)
+    if started.returncode != 0:
+        log = (folder / "log").read_text(errors="replace") if (folder / "log").exists() else ""
+        pytest.fail(f"PostgreSQL did not start: {started.stderr}\n{log}")
+    databases = iter(range(1, 1_000_000))
+
+    def new_database() -> str:
+        name = f"jobs_{next(databases)}"
+        with psycopg.connect(f"postgresql://rnnlm@127.0.0.1:{port}/postgres", autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return f"postgresql://rnnlm@127.0.0.1:{port}/{name}"
+
+    try:
+        yield SimpleNamespace(new_database=new_database, port=port)
+    finally:
+        subprocess.run([bin_dir / "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"], capture_output=True,
+                       **as_user)
+        shutil.rmtree(folder, ignore_errors=True)
