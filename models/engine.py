@@ -536,10 +536,9 @@ class Engine:
         """One token per row, on the device (masks by `masked_fill`, so nothing syncs with the host)."""
         logits = logp.clone()
         logits[:, self._banned] = -math.inf
-        if params.temperature == 0:
+        if params.temperature < GREEDY_BELOW:  # 0, or so small that logits / temperature would overflow
             return logits.argmax(dim=-1)
-        # shifted so the largest is 0 first: a tiny temperature then gives -inf, never inf - inf = nan
-        logits = (logits - logits.max(dim=-1, keepdim=True).values) / params.temperature
+        logits = logits / params.temperature
         if params.top_k > 0 and params.top_k < logits.shape[-1]:
             kth = torch.topk(logits, params.top_k, dim=-1).values[:, -1:]
             logits = logits.masked_fill(logits < kth, -math.inf)
@@ -550,6 +549,9 @@ class Engine:
             sorted_logits = sorted_logits.masked_fill(drop, -math.inf)
             logits = torch.full_like(logits, -math.inf).scatter(1, idx, sorted_logits)
         return torch.multinomial(logits.softmax(dim=-1), 1, generator=gen).squeeze(1)
+
+
+GREEDY_BELOW = 1e-6  # a sampling temperature under this picks the most probable token
 
 
 def corpus_score(results: Sequence[ScoredText]) -> CorpusScore:

@@ -280,7 +280,8 @@ class SurrogateMiddleware:
 
 def document_errors(app: FastAPI) -> None:
     """Make the OpenAPI document say what the handlers above do: every operation that takes a JSON body
-    answers 400 with the error shape when the body is not JSON (unless it documents 4XX already)."""
+    answers 400 with the error shape when the body is not JSON (unless it documents 4XX already), and
+    only the routes that this server's settings protect with the API key say they need it."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -294,10 +295,46 @@ def document_errors(app: FastAPI) -> None:
                 if "requestBody" in operation and "400" not in responses and "4XX" not in responses:
                     responses["400"] = {"description": "the body is not valid JSON",
                                         "content": {"application/json": {"schema": error_ref}}}
+                if "security" in operation and not _needs_key(app.state.settings, operation.get("tags", ())):
+                    del operation["security"]
+                if "security" in operation and "4XX" not in responses:
+                    for status, meaning in (("401", "no API key"), ("403", "a wrong API key")):
+                        responses.setdefault(status, {"description": meaning,
+                                                      "content": {"application/json": {"schema": error_ref}}})
+                if INFERENCE_TAGS.intersection(operation.get("tags", ())):  # admission control's refusal
+                    responses.setdefault("503", {"description": "overloaded: retry after `Retry-After` seconds",
+                                                 "content": {"application/json": {"schema": error_ref}}})
+                for response in responses.values():
+                    stream = response.get("content", {}).get("text/event-stream")
+                    if stream and "schema" in stream:
+                        stream["schema"] = _sse_event(stream["schema"], schema)
         app.openapi_schema = schema
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _sse_event(data: dict[str, Any], document: dict[str, Any]) -> dict[str, Any]:
+    """The schema of one server-sent event whose `data` is a JSON document of schema `data` (its `$defs`
+    moved into the document's components, where the rest of the document can reach them)."""
+    components = document.setdefault("components", {}).setdefault("schemas", {})
+    for name, definition in data.pop("$defs", {}).items():
+        components.setdefault(name, definition)
+    data = json.loads(json.dumps(data).replace('"#/$defs/', '"#/components/schemas/'))
+    return {"type": "object", "required": ["data"],
+            "description": "one server-sent event; the stream's last one is `data: [DONE]`",
+            "properties": {"event": {"type": "string"}, "id": {"type": "string"},
+                           "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": data}}}
+
+
+INFERENCE_TAGS = frozenset({"scoring", "generation", "openai"})  # the routers that need the key only on request
+
+
+def _needs_key(settings: Any, tags: Sequence[str]) -> bool:
+    """Whether an operation with these tags asks for the API key under these settings."""
+    if settings.api_key is None:
+        return False
+    return settings.api_key_inference or not INFERENCE_TAGS.intersection(tags)
 
 
 def install(app: FastAPI) -> None:

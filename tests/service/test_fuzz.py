@@ -83,3 +83,25 @@ async def test_openapi_describes_validation_and_errors(client):
                 assert "400" in responses or "4XX" in responses, (method, path)
     r = await post_raw(client, "/v1/next-word", b'{"text": ')
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_json"
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/generate", {"prompt": "The", "temperature": 3.6e-55, "max_tokens": 3, "seed": 0}),
+    ("/v1/completions", {"model": "lstm", "prompt": "The", "temperature": 1e-300, "max_tokens": 3, "seed": 0}),
+])
+async def test_a_tiny_temperature_samples_the_most_probable_token(client, path, body):
+    r = await client.post(path, json=body)
+    assert r.status_code == 200, r.text
+    greedy = await client.post(path, json={**body, "temperature": 0})
+    assert r.json()["choices"][0]["text"] == greedy.json()["choices"][0]["text"]
+
+
+async def test_openapi_documents_the_stream_as_events_and_overload_as_503(client):
+    schema = (await client.get("/openapi.json")).json()
+    for path in ("/v1/generate", "/v1/completions"):
+        responses = schema["paths"][path]["post"]["responses"]
+        event = responses["200"]["content"]["text/event-stream"]["schema"]
+        assert event["properties"]["data"]["contentMediaType"] == "application/json"
+        assert "$defs" not in str(event)  # every reference resolves within the document
+        assert "503" in responses
+    assert "security" not in schema["paths"]["/v1/jobs"]["post"]  # this server has no key: nothing asks for one
