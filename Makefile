@@ -4,7 +4,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: serve test install dev clean
+.PHONY: serve test test-ray install dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ serve: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# rnnlm serve --ray on a local one-node Ray cluster with two replicas (about two minutes)
+test-ray: install
+	$(BIN)/pip install --quiet -e '.[ray]'
+	RNNLM_RAY_TESTS=1 $(BIN)/python -m pytest tests/integration/test_ray.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -43,6 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_flag(p, default=None)
     p.add_argument("--with-worker", action="store_true",
                    help="also run a training worker process (same checkpoints and job database)")
+    ray = p.add_argument_group("replicas on Ray Serve (pip install 'rnnlm-serve[ray]')")
+    ray.add_argument("--ray", action="store_true", help="serve through Ray Serve's proxy with --replicas copies of "
+                                                        "the app (a local one-node Ray cluster, or $RAY_ADDRESS)")
+    ray.add_argument("--replicas", type=positive(), default=1, help="replicas (the minimum with --max-replicas)")
+    ray.add_argument("--max-replicas", type=positive(), default=None,
+                     help="autoscale up to this many replicas on queue depth")
+    ray.add_argument("--replica-cpus", type=positive(float), default=1.0, help="CPUs Ray reserves per replica")
+    ray.add_argument("--ray-address", default=None, help="a running Ray cluster (default: $RAY_ADDRESS, else a "
+                                                         "local one started and stopped with the server)")
+    ray.add_argument("--ray-metrics-dir", default=None, help="write a Prometheus file_sd target per replica here "
+                                                             "(default: $RNNLM_RAY_METRICS_DIR)")
+
 
     p = sub.add_parser("worker", help="run the training and distillation jobs queued by POST /v1/jobs",
                        description="Claim queued jobs one at a time and train them; a finished model is copied "
@@ -142,6 +154,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"rnnlm serve: error: no such checkpoint folder: {settings.checkpoints}", file=sys.stderr)
         return EXIT_ERROR
 
+    if args.ray:
+        return _serve_on_ray(settings, args)
+
     from service.app import create_app
     from service.server import serve
 
@@ -169,6 +184,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.raise_signal(signal.SIGTERM)
     return status
+
+
+def _serve_on_ray(settings, args: argparse.Namespace) -> int:
+    import importlib.util
+    import logging
+    import os
+
+    if args.with_worker:
+        print("rnnlm serve: error: --with-worker runs beside one process; with --ray run `rnnlm worker` on its own",
+              file=sys.stderr)
+        return EXIT_USAGE
+    if args.max_replicas is not None and args.max_replicas < args.replicas:
+        print("rnnlm serve: error: --max-replicas must be at least --replicas", file=sys.stderr)
+        return EXIT_USAGE
+    if importlib.util.find_spec("ray") is None:
+        print("rnnlm serve: error: --ray needs Ray Serve: pip install 'rnnlm-serve[ray]'", file=sys.stderr)
+        return EXIT_ERROR
+    from service import ray_serve
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return ray_serve.run(settings, replicas=args.replicas, max_replicas=args.max_replicas, address=args.ray_address,
+                         num_cpus=args.replica_cpus,
+                         metrics_dir=args.ray_metrics_dir or os.environ.get("RNNLM_RAY_METRICS_DIR"))
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
