@@ -175,6 +175,7 @@ def test_distillation_on_the_device(device, corpus, tmp_path):
 # ---- the server -------------------------------------------------------------------------------------
 def test_the_server_serves_on_the_device(device, tmp_path):
     pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")  # TestClient
     import shutil
 
     from fastapi.testclient import TestClient
