@@ -138,7 +138,7 @@ def main() -> int:
         work / "datasets", "ptb", files, base.tokenizer.style, vocabs={"lstm": base.tokenizer.vocab}, source="ptb")
     train_size = sum(len(line.split()) + 1 for line in read_lines(ds.path / "train.txt"))
     print(f"dataset {ds.path}: {ds.info['tokens']} tokens, {ds.info['unknown']['lstm']['tokens']:.1%} of them "
-          f"unknown to the lstm", flush=True)
+          f"unknown to the lstm (PTB's own <unk> included)", flush=True)
     common = dict(data=str(ds.path), valid_tokens=20_000, seed=1234)
     rows = {
         "adapted": TrainConfig(out=str(work / "adapted"), init=args.base, preset="adapt", **common),
@@ -150,10 +150,11 @@ def main() -> int:
     }
     from models.adapt import with_preset
     rows = {name: with_preset(cfg) for name, cfg in rows.items()}
+    # every row's speed first, back to back, so that they are measured under the same load
+    speeds = {name: calibrate(cfg, 64 * 35 * 20) for name, cfg in rows.items()}
     trained: dict[str, tuple[Path, int, float, float]] = {}
     for name, cfg in rows.items():
-        probe_cfg = TrainConfig(**{**cfg.__dict__, "run_dir": None})
-        speed = calibrate(probe_cfg, 64 * 35 * 12)
+        speed = speeds[name]
         budget = int(speed * args.budget_s)
         run = budgeted(cfg, budget, train_size)
         run.run_dir = str(work / "runs" / Path(run.out).name)

@@ -84,7 +84,9 @@ def extend_vocab(loaded: LoadedModel, words: list[tuple[str, int]]) -> tuple[RNN
     else:
         total = sum(c for _, c in words)
         share = torch.tensor([math.log(c / total) for _, c in words])
-        if not config.tie:  # a tied decoder shares the embedding rows extended above
+        if config.tie:  # the tied decoder is the embedding extended above
+            state["decoder.weight"] = state["encoder.weight"]
+        else:
             weight = state["decoder.weight"]
             state["decoder.weight"] = torch.cat([weight, weight[unk].expand(n, -1)])
         bias = state["decoder.bias"]
