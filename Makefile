@@ -18,6 +18,7 @@ install: $(VENV)/.installed
 
 # corpora that training jobs (POST /v1/jobs) may read, unless set already
 serve: export RNNLM_DATA_ROOTS ?= $(abspath ../shared/data)
+serve: export RNNLM_DATASETS_DIR ?= $(abspath datasets)
 serve: install
 	$(BIN)/rnnlm serve --host $(HOST) --port $(PORT) --checkpoints checkpoints --with-worker
 
