@@ -26,7 +26,7 @@ def cmd_fit_cache(args: argparse.Namespace) -> int:
     result = {"model": loaded.name, "cache": fit.params.to_dict(), "valid_ppl": round(fit.perplexity, 4),
               "valid_ppl_without": round(fit.perplexity_without, 4)}
     test_path = split_path(folder, "test")
-    if test_path.exists():
+    if args.report_test and test_path.exists():
         test = encode_lines(read_lines(test_path), loaded.tokenizer.vocab, titles=loaded.config.context)
         data = stream_features(loaded.model, test, use_context=loaded.config.context)
         result["test_ppl"] = round(perplexity(document_log_probs(data.feats, data.targets, data.model_lp,
@@ -60,8 +60,9 @@ def add_arguments(sub, positive) -> None:
     p = sub.add_parser("fit-cache", help="fit a model's neural cache (theta, lambda, window) on a corpus's "
                                          "validation split and store it in its config.json")
     p.add_argument("--model", required=True, help="model folder (its config.json gets a `cache` block)")
-    p.add_argument("--data", required=True, help="corpus folder with valid.txt (and test.txt, to report)")
+    p.add_argument("--data", required=True, help="corpus folder with valid.txt (and test.txt for --report-test)")
     p.add_argument("--lines", type=positive(), default=None, help="only the first N validation lines")
+    p.add_argument("--report-test", action="store_true", help="also measure the test split without and with it")
     p.add_argument("--dry-run", action="store_true", help="report the fit without writing it")
     p.add_argument("--json", action="store_true", help="print one JSON line")
     p.add_argument("--threads", type=positive(), default=None)

@@ -1,0 +1,168 @@
+"""The neural cache: its math against a plain loop, its fit, the engine's document scoring and next word,
+and the commands that fit it and evaluate with it."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.checkpoint import load_model, read_config
+from models.data import encode_lines, read_lines
+from models.engine import Engine
+from models.errors import InputError
+from models.neural_cache import (CacheParams, cache_log_probs, document_log_probs, fit_cache, stream_features,
+                                 write_cache_block)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def naive_cache_log_probs(feats: torch.Tensor, targets: torch.Tensor, p: CacheParams) -> list[float]:
+    out = []
+    for t in range(len(targets)):
+        keys = range(max(0, t - p.window), t)
+        if not keys:
+            out.append(math.nan)
+            continue
+        w = {i: math.exp(p.theta * float(feats[t] @ feats[i])) for i in keys}
+        num = sum(v for i, v in w.items() if targets[i] == targets[t])
+        out.append(math.log(num / sum(w.values())) if num else -math.inf)
+    return out
+
+
+def test_cache_term_matches_a_plain_loop() -> None:
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.randn(300, 8, generator=gen)
+    targets = torch.randint(0, 12, (300,), generator=gen)
+    params = CacheParams(theta=0.7, lam=0.2, window=40)
+    got = cache_log_probs(feats, targets, params, chunk=32).tolist()
+    want = naive_cache_log_probs(feats, targets, params)
+    assert math.isnan(got[0]) and math.isnan(want[0])
+    assert got[1:] == pytest.approx(want[1:], abs=1e-4)
+    model_lp = torch.full((300,), math.log(1 / 12), dtype=torch.float64)
+    mixed = document_log_probs(feats, targets, model_lp, params)
+    assert mixed[0] == model_lp[0]  # nothing cached yet: the model alone
+    expected = [math.log(0.8 / 12 + 0.2 * math.exp(c)) for c in want[1:]]
+    assert mixed[1:].tolist() == pytest.approx(expected, abs=1e-5)
+
+
+def test_bad_parameters_are_refused() -> None:
+    for bad in ((0.0, 0.1, 10), (1.0, 0.0, 10), (1.0, 1.0, 10), (1.0, 0.1, 0)):
+        with pytest.raises(ValueError):
+            CacheParams(*bad)
+
+
+@pytest.fixture(scope="module")
+def cached_model(tmp_path_factory, tiny_model: Path, tiny_corpus: Path) -> tuple[Path, dict]:
+    """A copy of the tiny model with a cache fitted on its validation text."""
+    folder = tmp_path_factory.mktemp("cached") / "tiny"
+    shutil.copytree(tiny_model, folder)
+    loaded = load_model(folder)
+    valid = encode_lines(read_lines(tiny_corpus / "valid.txt"), loaded.tokenizer.vocab, titles=True)
+    fit = fit_cache(stream_features(loaded.model, valid), windows=(50, 200), theta_scales=(0.5, 1.0, 2.0))
+    write_cache_block(folder, fit.params, {"fitted_on": "slice/valid"})
+    return folder, {"fit": fit}
+
+
+def test_fit_lowers_validation_perplexity(cached_model) -> None:
+    fit = cached_model[1]["fit"]
+    assert fit.perplexity < fit.perplexity_without
+    assert len(fit.grid) == 6 and fit.params.window in (50, 200)
+    assert min(g["perplexity"] for g in fit.grid) == pytest.approx(fit.perplexity, rel=1e-4)
+
+
+def test_write_adds_only_the_cache_block(cached_model, tiny_model: Path) -> None:
+    folder = cached_model[0]
+    before, after = read_config(tiny_model), read_config(folder)
+    assert set(after) - set(before) == {"cache"}
+    assert {k: v for k, v in after.items() if k != "cache"} == before
+    assert CacheParams.from_meta(after) == cached_model[1]["fit"].params
+
+
+DOC = ["Zorblax Quentin was born in 1950 .", "Quentin played for the club .",
+       "In 1980 , Quentin moved to the city ."]
+
+
+def test_document_scoring_helps_repeated_words(cached_model) -> None:
+    engine = Engine(load_model(cached_model[0]))
+    plain, cached = engine.score(DOC), engine.score(DOC, cache=True)
+    assert all(s.cache for s in cached) and not any(s.cache for s in plain)
+    # the first text has nothing before its first word: that token is the model's alone
+    assert cached[0].tokens[0].logprob == pytest.approx(plain[0].tokens[0].logprob, abs=1e-5)
+    # a word seen earlier in the document is more probable the second time
+    second = [t for t in cached[1].tokens if t.token == "Quentin"][0].logprob
+    assert second > [t for t in plain[1].tokens if t.token == "Quentin"][0].logprob
+    assert sum(t.logprob for t in cached[2].tokens) == pytest.approx(cached[2].logprob, abs=1e-4)
+    # texts form one document: the order matters
+    assert engine.score(DOC[::-1], cache=True)[0].logprob != pytest.approx(cached[2].logprob, abs=1e-6)
+    corpus = engine.perplexity(DOC, cache=True)
+    assert corpus.nll == pytest.approx(-sum(s.logprob for s in cached), rel=1e-6)
+
+
+def test_a_model_without_a_cache_says_so(tiny_model: Path) -> None:
+    engine = Engine(load_model(tiny_model))
+    with pytest.raises(InputError) as err:
+        engine.score(DOC, cache=True)
+    assert err.value.param == "cache" and "fit-cache" in str(err.value)
+    with pytest.raises(InputError):
+        engine.next_word("He was ", cache=True)
+
+
+def test_next_word_suggests_a_typed_name(tmp_path: Path) -> None:
+    """With the shipped lstm: a name typed earlier comes back when its first letters are typed again."""
+    folder = tmp_path / "lstm"
+    shutil.copytree(ROOT / "checkpoints" / "lstm", folder)
+    write_cache_block(folder, CacheParams(theta=0.7, lam=0.15, window=500), {})
+    engine = Engine(load_model(folder))
+    text = "Zorblax Quentin was born in 1950 . Later Qu"
+    without = engine.next_word(text, k=3)
+    with_cache = engine.next_word(text, k=3, cache=True)
+    assert without.predictions[0].word != "Quentin"
+    assert with_cache.predictions[0].word == "Quentin"
+    assert with_cache.predictions[0].prob > 0.5
+    assert sum(p.prob for p in with_cache.predictions) <= 1 + 1e-5
+
+
+def test_next_word_cache_reads_only_new_words_and_agrees_with_a_fresh_engine(cached_model) -> None:
+    folder = cached_model[0]
+    typed = Engine(load_model(folder))
+    keys = "The club played in the city . The club "
+    for end in range(1, len(keys) + 1):  # one request per keystroke, as a typing UI sends them
+        last = typed.next_word(keys[:end], k=5, cache=True)
+    fresh = Engine(load_model(folder)).next_word(keys, k=5, cache=True)
+    assert [p.word for p in last.predictions] == [p.word for p in fresh.predictions]
+    assert [p.prob for p in last.predictions] == pytest.approx([p.prob for p in fresh.predictions], abs=1e-5)
+    shorter = typed.next_word("The club ", k=5, cache=True)  # backspacing: a prefix of what was typed
+    assert [p.word for p in shorter.predictions] == \
+        [p.word for p in Engine(load_model(folder)).next_word("The club ", k=5, cache=True).predictions]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "models.cli", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=600)
+
+
+def test_fit_cache_and_eval_cache_commands(tmp_path: Path, tiny_model: Path, tiny_corpus: Path) -> None:
+    folder = tmp_path / "tiny"
+    shutil.copytree(tiny_model, folder)
+    no_cache = run_cli("eval", "--model", str(folder), "--data", str(tiny_corpus), "--cache", "--json")
+    assert no_cache.returncode == 1 and "fit-cache" in no_cache.stderr
+    fitted = run_cli("fit-cache", "--model", str(folder), "--data", str(tiny_corpus), "--lines", "150", "--json",
+                     "--report-test")
+    assert fitted.returncode == 0, fitted.stderr
+    report = json.loads(fitted.stdout)
+    assert report["valid_ppl"] < report["valid_ppl_without"]
+    assert read_config(folder)["cache"]["window"] == report["cache"]["window"]
+    plain = json.loads(run_cli("eval", "--model", str(folder), "--data", str(tiny_corpus), "--json").stdout)
+    cached = run_cli("eval", "--model", str(folder), "--data", str(tiny_corpus), "--cache", "--json")
+    assert cached.returncode == 0, cached.stderr
+    cached = json.loads(cached.stdout)
+    assert cached["cache"]["theta"] == report["cache"]["theta"]
+    assert cached["num_tokens"] == plain["num_tokens"]
+    assert cached["perplexity"] == pytest.approx(report["test_ppl"], rel=1e-3)
+    assert plain["perplexity"] == pytest.approx(report["test_ppl_without"], rel=1e-3)
