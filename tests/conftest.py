@@ -159,6 +159,8 @@ def postgres(free_port):
         missing = "no PostgreSQL server programs (initdb, pg_ctl): install Debian's postgresql package"
     elif importlib.util.find_spec("psycopg") is None:
         missing = "psycopg is not installed: pip install -e '.[test]'"
+    elif os.geteuid() == 0 and not any(u.pw_name == "postgres" for u in pwd.getpwall()):
+        missing = "running as root and there is no `postgres` user to run the server as"
     if missing:
         if os.environ.get("CI") == "true":
             pytest.fail(missing)
@@ -167,7 +169,7 @@ def postgres(free_port):
 
     user = None
     folder = Path(tempfile.mkdtemp(prefix="rnnlm-pg-"))
-    if os.geteuid() == 0:  # the server refuses to run as root
+    if os.geteuid() == 0:  # the server refuses to run as root (Debian's package makes this user)
         user = pwd.getpwnam("postgres")
         os.chown(folder, user.pw_uid, user.pw_gid)
     as_user = {"user": user.pw_uid, "group": user.pw_gid} if user else {}

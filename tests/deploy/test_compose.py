@@ -13,6 +13,7 @@ import subprocess
 import sys
 from importlib import resources
 from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -21,7 +22,8 @@ COMPOSE_FILE, ENV_EXAMPLE = REPO / "docker-compose.yml", REPO / ".env.example"
 PROMETHEUS_CONFIG, GRAFANA = REPO / "docker" / "prometheus.yml", REPO / "docker" / "grafana"
 
 SERVICES = {"api", "worker", "prometheus", "grafana", "api-gpu", "worker-gpu"}  # the last two: profile gpu
-VOLUMES = {"checkpoints", "jobs", "prometheus-data", "grafana-data"}
+VOLUMES = {"checkpoints", "jobs", "prometheus-data", "grafana-data", "postgres-data"}
+SERVICES |= {"postgres"}  # profile postgres
 
 
 @pytest.fixture(scope="module")
@@ -238,6 +240,40 @@ def test_healthchecks_probe_the_live_processes(compose: dict, stack, proc_tools)
         dead = {key: "9" for key in env}  # the discard port: nothing listens there
         bad = subprocess.run([sys.executable, *args], env=proc_tools.clean_env(**dead), capture_output=True, timeout=30)
         assert bad.returncode != 0, name
+
+
+def test_postgres_profile_holds_the_job_store(compose: dict, raw_compose: dict, env_example: dict,
+                                               substitute) -> None:
+    """`--profile postgres` with .env.example's three lines: api and worker on a PostgreSQL job store that
+    only the compose network reaches; without them, jobs.db on the jobs volume as before."""
+    from service.jobs import parse_location
+    from service.settings import Settings
+
+    pg = compose["services"]["postgres"]
+    assert pg["profiles"] == ["postgres"] and "ports" not in pg
+    assert _mounts(pg)["/var/lib/postgresql/data"] == "postgres-data"
+    assert pg["healthcheck"]["test"][:2] == ["CMD", "pg_isready"] and pg["restart"] == "unless-stopped"
+    for name in ("api", "worker"):
+        svc = compose["services"][name]
+        assert svc["depends_on"]["postgres"] == {"condition": "service_healthy", "required": False}, name
+        assert parse_location(svc["environment"]["RNNLM_JOBS_DB"])[0] == "sqlite", name
+    lines = dict(re.findall(r"^#\s*(COMPOSE_PROFILES|POSTGRES_PASSWORD|RNNLM_JOBS_DB)=(\S*)$", ENV_EXAMPLE.read_text(),
+                            re.M))
+    assert lines["COMPOSE_PROFILES"] == "postgres" and lines["POSTGRES_PASSWORD"] == ""
+    with_pg = substitute(raw_compose, {**env_example, "RNNLM_JOBS_DB": lines["RNNLM_JOBS_DB"],
+                                       "POSTGRES_PASSWORD": "a-real-password"})
+    server = with_pg["services"]["postgres"]["environment"]
+    for name in ("api", "worker"):
+        svc = with_pg["services"][name]
+        env = svc["environment"]
+        url = Settings(jobs_db=env["RNNLM_JOBS_DB"]).jobs_db
+        assert parse_location(url)[0] == "postgresql", name
+        parts = urlsplit(url)
+        assert (parts.hostname, parts.port, parts.username, parts.password, parts.path) == \
+            ("postgres", 5432, server["POSTGRES_USER"], None, "/" + server["POSTGRES_DB"]), name
+        assert env["PGPASSWORD"] == server["POSTGRES_PASSWORD"] == "a-real-password", name  # not in the URL
+        runs = PurePosixPath(env["RNNLM_JOB_RUNS_DIR"])  # resumable runs on the shared jobs volume
+        assert _mounts(svc)[str(runs.parent)] == "jobs", name
 
 
 def test_gpu_profile_runs_api_and_worker_on_a_reserved_gpu(compose: dict) -> None:
