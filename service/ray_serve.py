@@ -81,13 +81,14 @@ def _forget_dead_replicas(metrics_dir: Path, node: str) -> None:
 
 
 class Replica:
-    """One replica: the app built from `values` in the replica's own process."""
+    """One replica: the app built from `values` in the replica's own process (None: from the replica's
+    RNNLM_* environment, e.g. a Serve config file's runtime_env)."""
 
-    def __init__(self, values: dict[str, Any], metrics_dir: str | None = None) -> None:
+    def __init__(self, values: dict[str, Any] | None, metrics_dir: str | None = None) -> None:
         from ray import serve
         from ray.util import get_node_ip_address
 
-        self.settings = Settings.model_validate(values)
+        self.settings = Settings.model_validate(values) if values is not None else Settings()
         context = serve.get_replica_context()
         self.replica_id = context.replica_id.unique_id
         self.sd_file: Path | None = None
@@ -137,11 +138,12 @@ def build(settings: Settings, metrics_dir: str | None = None, **options: Any):
 
 
 def app(args: dict[str, Any]):
-    """`serve run service.ray_serve:app` / a Serve config file's `import_path`: settings from RNNLM_*
-    (and the config's runtime_env), replicas and autoscaling from the config's deployment options."""
+    """A Serve config file's `import_path` (docker/ray-serve.yaml: `serve run` / `serve deploy` it): each
+    replica reads its settings from its RNNLM_* environment (the config's runtime_env, absolute paths);
+    replicas and autoscaling come from the config's deployment options, `args.metrics_dir` as above."""
     from ray import serve
     metrics_dir = (args or {}).get("metrics_dir") or os.environ.get("RNNLM_RAY_METRICS_DIR")
-    return serve.deployment(name="rnnlm")(serve.ingress()(Replica)).bind(replica_settings(Settings()), metrics_dir)
+    return serve.deployment(name="rnnlm")(serve.ingress()(Replica)).bind(None, metrics_dir)
 
 
 def run(settings: Settings, *, replicas: int, max_replicas: int | None = None, address: str | None = None,

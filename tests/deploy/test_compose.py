@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE, ENV_EXAMPLE = REPO / "docker-compose.yml", REPO / ".env.example"
 PROMETHEUS_CONFIG, GRAFANA = REPO / "docker" / "prometheus.yml", REPO / "docker" / "grafana"
 
-SERVICES = {"api", "worker", "prometheus", "grafana", "api-gpu", "worker-gpu"}  # the last two: profile gpu
+SERVICES = {"api", "worker", "prometheus", "grafana", "api-gpu", "worker-gpu", "lb"}  # profiles gpu and scale
 VOLUMES = {"checkpoints", "jobs", "prometheus-data", "grafana-data", "postgres-data"}
 SERVICES |= {"postgres"}  # profile postgres
 
@@ -138,13 +138,14 @@ def test_published_ports_bind_loopback_only(compose: dict, raw_compose: dict, su
     bare = substitute(raw_compose, {"RNNLM_API_KEY": "k", "GRAFANA_ADMIN_PASSWORD": "p"})  # no other setting
     for document in (compose, bare):
         published = _published(document)
-        assert sorted(published) == ["api", "api-gpu", "grafana", "prometheus"]  # workers' metrics stay inside
+        assert sorted(published) == ["api", "api-gpu", "grafana", "lb", "prometheus"]  # workers' metrics stay inside
         for name, ports in published.items():
             assert all(len(p) == 3 and p[0] == "127.0.0.1" for p in ports), f"{name}: {ports} not on 127.0.0.1"
         assert published["api"] == [["127.0.0.1", "8000", "8000"]]
         assert published["api-gpu"] == [["127.0.0.1", "8001", "8000"]]
         assert published["grafana"] == [["127.0.0.1", "3000", "3000"]]
         assert published["prometheus"] == [["127.0.0.1", "9090", "9090"]]
+        assert published["lb"] == [["127.0.0.1", "8080", "8080"]]
 
 
 def test_worker_metrics_port_is_exposed_on_the_compose_network(compose: dict) -> None:
@@ -295,3 +296,18 @@ def test_gpu_profile_runs_api_and_worker_on_a_reserved_gpu(compose: dict) -> Non
         assert svc["image"].endswith("-cuda") and "/whl/cu" in svc["build"]["args"]["TORCH_INDEX"]
         assert svc["build"]["dockerfile"] == cpu["build"]["dockerfile"]
     assert "ARG TORCH_INDEX" in (REPO / "docker" / "Dockerfile").read_text()
+
+
+def test_scale_profile_balances_the_api_replicas_behind_nginx(compose: dict) -> None:
+    """`--profile scale --scale api=N`: nginx on one address, proxying to every replica of `api`."""
+    lb = compose["services"]["lb"]
+    assert lb["profiles"] == ["scale"] and "profiles" not in compose["services"]["api"]
+    assert lb["depends_on"]["api"]["condition"] == "service_healthy"
+    source = _mounts(lb)["/etc/nginx/nginx.conf"]
+    config = (REPO / source).read_text(encoding="utf-8")
+    port = compose["services"]["api"]["environment"]["RNNLM_PORT"]
+    assert re.search(rf"set \$api http://api:{port};\s*#.*\n\s*proxy_pass \$api;", config)  # resolved per request
+    assert "resolver 127.0.0.11" in config and "proxy_buffering off" in config  # Docker's DNS; SSE streams
+    listen = re.search(r"listen (\d+);", config).group(1)
+    assert lb["ports"][0].rsplit(":", 1)[1] == listen
+    assert "/lb-health" in lb["healthcheck"]["test"][-1] and "location = /lb-health" in config
