@@ -105,10 +105,10 @@ def counts(splits: Mapping[str, list[str]], vocabs: Mapping[str, Vocab] | None =
     total = sum(words.values())
     out["unknown"] = {}
     for name, vocab in (vocabs or {}).items():
-        missing = {w: c for w, c in words.items() if w not in vocab.stoi or w == UNK}
+        missing = Counter({w: c for w, c in words.items() if w not in vocab.stoi or w == UNK})
         out["unknown"][name] = {"tokens": round(sum(missing.values()) / max(total, 1), 4),
                                 "words": round(len(missing) / max(len(words), 1), 4),
-                                "top": [w for w, _ in Counter(missing).most_common(10) if w not in (UNK, EOS)]}
+                                "top": [w for w, _ in missing.most_common(11) if w != UNK][:10]}
     return out
 
 
@@ -195,7 +195,7 @@ def from_files(root: str | Path, name: str, files: Mapping[str, str | Path], sty
     digest = hashlib.sha256()
     for key in sorted(raw):
         digest.update(raw[key])
-    lines = {key: normalise_lines(decode_text(data, f"{key} ({Path(files[key]).name})"), style)
+    lines = {key: normalise_lines(decode_text(data, "the text" if key == "text" else f"the {key} file"), style)
              for key, data in raw.items()}
     if set(lines) == {"text"}:
         splits = split_lines(lines["text"], valid, test, seed)
