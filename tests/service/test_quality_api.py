@@ -33,9 +33,9 @@ async def client(checkpoints: Path, settings: Settings, wikitext2: Path) -> Asyn
     fit = fit_cache(stream_features(lstm.model, valid), windows=(100,), theta_scales=(1.0,))
     write_cache_block(checkpoints / "lstm", fit.params, {})
     app: FastAPI = create_app(settings)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
-            yield c
+    async with (app.router.lifespan_context(app),
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c):
+        yield c
 
 
 async def post(client: httpx.AsyncClient, path: str, body: dict, status: int = 200) -> dict:
