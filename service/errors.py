@@ -18,7 +18,7 @@ from models.dataset import DatasetExists, DatasetNotFound
 from models.device import DeviceError
 from models.errors import CheckpointError, InputError
 from models.versions import PromotionRefused, VersionError, VersionNotFound
-from service.jobs import IdempotencyKeyReused, JobConflict, JobNotFound
+from service.jobs import IdempotencyKeyReused, JobConflict, JobNotFound, JobStoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,7 @@ DOMAIN_ERRORS: dict[type[Exception], tuple[int, str]] = {
     QueueFullError: (503, "overloaded"),
     CheckpointError: (503, "model_unavailable"),
     DeviceError: (503, "device_unavailable"),
+    JobStoreUnavailable: (503, "job_store_unavailable"),
 }
 _DESCRIBE: dict[type[Exception], Callable[[Exception], tuple[str, str | None]]] = {
     JobNotFound: lambda exc: (f"no job with id {exc.args[0]!r}" if exc.args else "no such job", "id"),

@@ -90,7 +90,11 @@ class JobConflict(Exception):
     """The job is in a state that does not allow the operation (e.g. cancelling a finished job)."""
 
 
-class SchemaTooNew(RuntimeError):
+class JobStoreUnavailable(RuntimeError):
+    """The job store cannot be used now: its server cannot be reached, or it is from a newer release."""
+
+
+class SchemaTooNew(JobStoreUnavailable):
     """A newer release has migrated the store past what this one knows; stores are never migrated back."""
 
     def __init__(self, where: str, found: int, known: int) -> None:

@@ -30,6 +30,7 @@ from service.jobs import (
     JobConflict,
     JobNotFound,
     JobStore,
+    JobStoreUnavailable,
     SchemaTooNew,
 )
 
@@ -108,7 +109,11 @@ class PostgresJobStore(JobStore):
 
     # ---- plumbing ------------------------------------------------------------------------------
     def _connect(self) -> psycopg.Connection:
-        return psycopg.connect(self.url, autocommit=True, row_factory=dict_row, connect_timeout=CONNECT_TIMEOUT_S)
+        try:
+            return psycopg.connect(self.url, autocommit=True, row_factory=dict_row, connect_timeout=CONNECT_TIMEOUT_S)
+        except psycopg.OperationalError as exc:  # down, unreachable, refused: the API answers 503
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise JobStoreUnavailable(f"the job store {self} cannot be reached: {reason}") from exc
 
     @contextmanager
     def _conn(self) -> Iterator[psycopg.Connection]:

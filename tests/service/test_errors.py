@@ -15,7 +15,7 @@ from service import errors
 from service.app import create_app
 from service.errors import (AuthenticationError, BadRequestError, ConflictError, ModelNotFoundError,
                             PermissionDeniedError, QueueFullError)
-from service.jobs import JobConflict, JobNotFound
+from service.jobs import JobConflict, JobNotFound, JobStoreUnavailable
 from service.settings import Settings
 
 pytestmark = pytest.mark.anyio
@@ -174,6 +174,8 @@ DOMAIN = [
     (InputError("k must be at least 1", "k"), 422, "invalid_request_error", "k", "at least 1", {}),
     (QueueFullError("lstm", 256, retry_after_s=2), 503, "overloaded", None, "overloaded", {"retry-after": "2"}),
     (CheckpointError("weights.pt is truncated"), 503, "model_unavailable", None, "truncated", {}),
+    (JobStoreUnavailable("the job store postgresql://db/jobs cannot be reached: connection refused"), 503,
+     "job_store_unavailable", None, "cannot be reached", {}),
     (VersionNotFound("model 'lstm' has no version 9"), 404, "version_not_found", "version", "no version 9", {}),
     (PromotionRefused("lstm", 2, "validation perplexity 3737.40 is worse than version 1's 120.91"), 409,
      "promotion_refused", None, "3737.40 is worse", {}),

@@ -363,3 +363,19 @@ def test_the_jobs_api_on_either_store(location, tmp_path: Path):
         assert missing.status_code == 404 and missing.json()["error"]["param"] == "id"
         assert 'rnnlm_jobs{status="cancelled"} 1.0' in api.get("/metrics").text
     assert JobStore(location).get(r.json()["id"]).status == "cancelled"
+
+
+def test_a_job_store_that_cannot_be_reached_is_a_503(tmp_path: Path, free_port):
+    url = f"postgresql://rnnlm:s3cret-pw@127.0.0.1:{free_port()}/jobs"  # nothing listens there
+    settings = Settings(checkpoints=tmp_path, jobs_db=url, reload_interval_s=0, data_roots=[tmp_path])
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "train.txt").write_text("the cat sat on the mat .\n" * 20)
+    body = {"type": "train", "name": "m", "data": str(tmp_path / "corpus")}
+    with TestClient(create_app(settings)) as api:
+        for r in (api.get("/v1/jobs"), api.post("/v1/jobs", json=body), api.get("/v1/jobs/abc")):
+            assert r.status_code == 503, r.text
+            error = r.json()["error"]
+            assert error["type"] == "job_store_unavailable" and "cannot be reached" in error["message"]
+            assert "s3cret-pw" not in r.text and "rnnlm:***@127.0.0.1" in error["message"]
+        metrics = api.get("/metrics")  # a scrape still answers, with the job counts left at zero
+        assert metrics.status_code == 200 and 'rnnlm_jobs{status="queued"} 0.0' in metrics.text
