@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -79,6 +81,46 @@ def test_cancelling_a_multi_process_job_ends_every_rank(store, worker, job_setti
     assert not thread.is_alive()
     assert store.get(job.id).status == "cancelled"
     wait_for(lambda: not _processes_mentioning(launch), timeout=30, what="the ranks to end")
+
+
+def test_a_stopped_worker_hands_the_job_back_and_the_next_resumes_it_from_its_last_epoch(store, worker, job_settings,
+                                                                                       tiny_job, wait_for):
+    job = store.submit("train", "resumed", tiny_job(epochs=3, train_tokens=12000, nproc=2))
+    thread = threading.Thread(target=worker.run, kwargs={"once": True}, daemon=True)
+    thread.start()
+    wait_for(lambda: (store.get(job.id).progress or {}).get("epoch") == 1, timeout=180, what="epoch 1 of 3")
+    worker.stop()  # as on SIGTERM: the ranks are ended, the job goes back to the queue
+    thread.join(timeout=60)
+    assert not thread.is_alive() and store.get(job.id).status == "queued"
+    launch = str(Path(job_settings.jobs_db).parent / "runs" / job.id / "launch.json")
+    assert not _processes_mentioning(launch)
+    again = Worker(store, job_settings.checkpoints, data_roots=job_settings.data_roots, poll_interval_s=0.05,
+                   worker_id="w2")
+    assert again.run(once=True) == 1
+    done = store.get(job.id)
+    assert done.status == "succeeded", done.error
+    assert done.progress["resumed_from_epoch"] >= 1 and done.progress["attempt"] == 2
+    assert [h["epoch"] for h in done.progress["history"]] == [1, 2, 3]
+
+
+def test_a_killed_worker_takes_its_ranks_with_it(store, job_settings, tiny_job, proc_tools, tmp_path):
+    job = store.submit("train", "orphan", tiny_job(epochs=200, train_tokens=20000, nproc=2))
+    env = proc_tools.clean_env(OMP_NUM_THREADS="1", RNNLM_DATA_ROOTS=str(job_settings.data_roots[0]))
+    with open(tmp_path / "worker.log", "wb") as out:
+        worker = subprocess.Popen([sys.executable, "-m", "service.cli", "worker", "--checkpoints",
+                                   str(job_settings.checkpoints), "--jobs-db", str(job_settings.jobs_db)],
+                                  env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        proc_tools.wait_for(lambda: (store.get(job.id).progress or {}).get("step"), 180, "a step report",
+                            worker, tmp_path / "worker.log")
+        launch = str(Path(job_settings.jobs_db).parent / "runs" / job.id / "launch.json")
+        assert len(_processes_mentioning(launch)) >= 3
+        worker.kill()  # no chance to clean up: torchrun gets SIGTERM from the kernel and ends the ranks
+        worker.wait()
+        proc_tools.wait_for(lambda: not _processes_mentioning(launch), 60, "the ranks to end")
+    finally:
+        proc_tools.stop(worker)
+    assert store.get(job.id).status == "running"  # until its heartbeat goes stale and another worker takes it
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
