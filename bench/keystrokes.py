@@ -11,23 +11,20 @@ Each model runs with and without the neural cache (the paragraph typed so far) a
 article's title as `context`, for models trained with one), beside a bigram baseline built from the
 training counts in the same run. suggestions/s is next-word calls per second of this single-threaded loop.
 
-    python bench/typing.py --lines 4
+    python bench/keystrokes.py --lines 4
 """
 from __future__ import annotations
-
-import os
-import sys
-
-# this file's own folder must not be on the path: its name would shadow the standard library's `typing`
-sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import bisect
 import heapq
 import re
+import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
