@@ -275,6 +275,7 @@ def test_postgres_profile_holds_the_job_store(compose: dict, raw_compose: dict, 
         assert env["PGPASSWORD"] == server["POSTGRES_PASSWORD"] == "a-real-password", name  # not in the URL
         runs = PurePosixPath(env["RNNLM_JOB_RUNS_DIR"])  # resumable runs on the shared jobs volume
         assert _mounts(svc)[str(runs.parent)] == "jobs", name
+    assert re.search(r"^RUN pip install \.\[postgres\]", (REPO / "docker" / "Dockerfile").read_text(), re.M)  # psycopg
 
 
 def test_gpu_profile_runs_api_and_worker_on_a_reserved_gpu(compose: dict) -> None:
