@@ -130,11 +130,9 @@ class CompletionService:
 
     def _prompt(self, engine: Engine, prompt: str | list[int], index: int) -> Prompt:
         param = "prompt" if index < 0 else f"prompt.{index}"
-        eos = engine.vocab.eos
-        if isinstance(prompt, str):
-            enc = engine.encode(prompt, param)
+        enc, eos = engine.encode(prompt, param), engine.vocab.eos
+        if isinstance(prompt, str):  # a text starts at the sentence start, made explicit
             return Prompt(prompt, [EOS] + enc.tokens, [eos] + enc.ids, True)
-        enc = engine.encode(prompt, param)
         starts = enc.ids[0] == eos
         return Prompt(detokenize(enc.tokens[1:] if starts else enc.tokens), enc.tokens, enc.ids, starts)
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,3 +67,13 @@ def test_transformers_loads_the_folder() -> None:
     text = task_texts()[0]
     assert tok(text, add_special_tokens=False).input_ids == [vocab.stoi[w] for w in text.split()]
     assert tok.bos_token_id == vocab.eos == tok.eos_token_id
+
+
+def test_task_file_is_what_make_pairs_writes(wikitext2: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pairs.jsonl"
+    done = subprocess.run([sys.executable, "eval/make_pairs.py", "--data", str(wikitext2), "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert out.read_bytes() == PAIRS.read_bytes()
+    rows = [json.loads(line) for line in PAIRS.read_text(encoding="utf-8").splitlines()]
+    assert all(sorted(r["good"].split()) == sorted(r["bad"].split()) and r["good"] != r["bad"] for r in rows)

@@ -91,12 +91,17 @@ async def test_cors_allows_the_configured_origins(keyed: httpx.AsyncClient) -> N
     assert "access-control-allow-origin" not in stranger.headers
 
 
-async def test_api_key_is_an_openapi_security_scheme(client: httpx.AsyncClient) -> None:
-    spec = (await client.get("/openapi.json")).json()
-    assert spec["components"]["securitySchemes"]["APIKey"] == {
-        "type": "http", "scheme": "bearer", "description": spec["components"]["securitySchemes"]["APIKey"]["description"]}
+async def test_api_key_is_an_openapi_security_scheme(client: httpx.AsyncClient, keyed: httpx.AsyncClient) -> None:
+    """The key is an HTTP bearer scheme (the Authorize button of /docs), on the routes that need it."""
+    spec = (await keyed.get("/openapi.json")).json()
+    scheme = spec["components"]["securitySchemes"]["APIKey"]
+    assert scheme["type"] == "http" and scheme["scheme"] == "bearer"
     assert spec["paths"]["/v1/jobs"]["post"]["security"] == [{"APIKey": []}]
     assert spec["paths"]["/v1/score"]["post"]["security"] == [{"APIKey": []}]
+    assert spec["paths"]["/v1/completions"]["post"]["security"] == [{"APIKey": []}]
+    assert "security" not in spec["paths"]["/health"]["get"]
+    open_spec = (await client.get("/openapi.json")).json()  # no key configured: nothing asks for one
+    assert "security" not in open_spec["paths"]["/v1/score"]["post"]
 
 
 async def test_inference_routes_are_open_without_the_setting(client: httpx.AsyncClient) -> None:
