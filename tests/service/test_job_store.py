@@ -6,6 +6,8 @@ behave the same whichever store `RNNLM_JOBS_DB` names.
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -379,3 +381,10 @@ def test_a_job_store_that_cannot_be_reached_is_a_503(tmp_path: Path, free_port):
             assert "s3cret-pw" not in r.text and "rnnlm:***@127.0.0.1" in error["message"]
         metrics = api.get("/metrics")  # a scrape still answers, with the job counts left at zero
         assert metrics.status_code == 200 and 'rnnlm_jobs{status="queued"} 0.0' in metrics.text
+
+
+def test_the_worker_command_names_a_bad_store_location(proc_tools):
+    proc = subprocess.run([sys.executable, "-m", "service.cli", "worker", "--jobs-db", "mysql://db/jobs", "--once"],
+                          env=proc_tools.clean_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "RNNLM_JOBS_DB" in proc.stderr and "postgresql:// URL; got scheme 'mysql'" in proc.stderr
