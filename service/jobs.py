@@ -174,7 +174,7 @@ class JobStore:
 
     backend: str
     stale_after_s: float
-    # where a worker keeps running jobs' resumable state unless told otherwise; None: it must be told
+    # where a worker keeps running jobs' resumable state unless told otherwise (None: beside its checkpoints)
     runs_dir: Path | None
 
     def __new__(cls, location: str | Path, stale_after_s: float = 30.0) -> JobStore:
