@@ -546,6 +546,7 @@ class Engine:
             sorted_logits, idx = torch.sort(logits, descending=True, dim=-1)
             probs = sorted_logits.softmax(dim=-1)
             drop = probs.cumsum(dim=-1) - probs >= params.top_p  # keep the smallest set reaching top_p
+            drop[:, 0] = False  # and the most probable token whatever top_p (one that rounds to 0 included)
             sorted_logits = sorted_logits.masked_fill(drop, -math.inf)
             logits = torch.full_like(logits, -math.inf).scatter(1, idx, sorted_logits)
         return torch.multinomial(logits.softmax(dim=-1), 1, generator=gen).squeeze(1)

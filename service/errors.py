@@ -322,10 +322,11 @@ def _sse_event(data: dict[str, Any], document: dict[str, Any]) -> dict[str, Any]
     for name, definition in data.pop("$defs", {}).items():
         components.setdefault(name, definition)
     data = json.loads(json.dumps(data).replace('"#/$defs/', '"#/components/schemas/'))
+    json_data = {"type": "string", "contentMediaType": "application/json", "contentSchema": data}
     return {"type": "object", "required": ["data"],
-            "description": "one server-sent event; the stream's last one is `data: [DONE]`",
+            "description": "one server-sent event: `data` is a JSON chunk, and `[DONE]` in the stream's last one",
             "properties": {"event": {"type": "string"}, "id": {"type": "string"},
-                           "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": data}}}
+                           "data": {"anyOf": [json_data, {"const": "[DONE]"}]}}}
 
 
 INFERENCE_TAGS = frozenset({"scoring", "generation", "openai"})  # the routers that need the key only on request

@@ -41,13 +41,13 @@ class OpenAIErrorResponse(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     include_usage: bool = Field(False, description="send a last chunk with `usage` before `[DONE]`")
 
 
 class CompletionRequest(BaseModel):
     """OpenAI's completions request; `context` and `top_k` are this service's additions."""
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False, json_schema_extra={"examples": [
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False, strict=True, json_schema_extra={"examples": [
         {"model": "lstm", "prompt": "The album was released in 1999 .", "max_tokens": 0, "echo": True,
          "logprobs": 1},
         {"model": "lstm", "prompt": "The film", "max_tokens": 20, "temperature": 0.8, "seed": 7, "stop": ["."]}]})

@@ -88,11 +88,13 @@ async def test_openapi_describes_validation_and_errors(client):
 @pytest.mark.parametrize("path, body", [
     ("/v1/generate", {"prompt": "The", "temperature": 3.6e-55, "max_tokens": 3, "seed": 0}),
     ("/v1/completions", {"model": "lstm", "prompt": "The", "temperature": 1e-300, "max_tokens": 3, "seed": 0}),
+    ("/v1/generate", {"prompt": "The", "top_p": 5e-324, "max_tokens": 3, "seed": 0}),
+    ("/v1/completions", {"model": "lstm", "prompt": "The", "top_p": 5e-324, "max_tokens": 3, "seed": 0}),
 ])
-async def test_a_tiny_temperature_samples_the_most_probable_token(client, path, body):
+async def test_a_tiny_temperature_or_top_p_samples_the_most_probable_token(client, path, body):
     r = await client.post(path, json=body)
     assert r.status_code == 200, r.text
-    greedy = await client.post(path, json={**body, "temperature": 0})
+    greedy = await client.post(path, json={**body, "temperature": 0, "top_p": 1})
     assert r.json()["choices"][0]["text"] == greedy.json()["choices"][0]["text"]
 
 
@@ -101,7 +103,15 @@ async def test_openapi_documents_the_stream_as_events_and_overload_as_503(client
     for path in ("/v1/generate", "/v1/completions"):
         responses = schema["paths"][path]["post"]["responses"]
         event = responses["200"]["content"]["text/event-stream"]["schema"]
-        assert event["properties"]["data"]["contentMediaType"] == "application/json"
+        chunk, done = event["properties"]["data"]["anyOf"]
+        assert chunk["contentMediaType"] == "application/json" and done == {"const": "[DONE]"}
         assert "$defs" not in str(event)  # every reference resolves within the document
         assert "503" in responses
     assert "security" not in schema["paths"]["/v1/jobs"]["post"]  # this server has no key: nothing asks for one
+
+
+@pytest.mark.parametrize("field, value", [("stream", 0), ("echo", 1), ("seed", False), ("max_tokens", "3")])
+async def test_completions_values_are_strict_too(client, field, value):
+    r = await client.post("/v1/completions", json={"model": "lstm", "prompt": "The", "max_tokens": 1, field: value})
+    assert r.status_code == 400, r.text  # OpenAI's status for a bad request
+    assert r.json()["error"]["param"] == field
