@@ -105,6 +105,7 @@ class Bigram:
         for table in (*self.follow.values(), self.unigram):
             table.pop(UNK, None)
         self._sorted: dict[int, list[str]] = {}
+        self._memo: dict[tuple[str, str], list[str]] = {}
 
     def _top(self, table: Counter[str], partial: str, k: int) -> list[str]:
         if not partial:
@@ -118,6 +119,12 @@ class Bigram:
 
     def suggest(self, words: list[str], partial: str, title: str | None) -> list[str]:
         prev = words[-1] if words else EOS
+        known = self._memo.get((prev, partial))
+        if known is None:
+            known = self._memo[prev, partial] = self._suggest(prev, partial)
+        return known
+
+    def _suggest(self, prev: str, partial: str) -> list[str]:
         out = self._top(self.follow.get(prev, Counter()), partial, 5)
         for w in self._top(self.unigram, partial, 10):
             if len(out) >= 5:
@@ -144,7 +151,7 @@ def main() -> None:
     build = time.perf_counter() - t0
     saved, rate = simulate(texts, bigram.suggest)
     rows.append(("bigram", "-", "-", saved, rate))
-    for name in args.models.split(","):
+    for name in filter(None, args.models.split(",")):
         engine = Engine(load_model(Path(args.checkpoints) / name))
         for topic in ((False, True) if engine.supports_context else (False,)):
             for cache in ((False, True) if engine.cache_params else (False,)):
