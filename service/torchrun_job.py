@@ -121,6 +121,7 @@ def run(job_id: str, kind: str, cfg: TrainConfig, run_dir: Path, job_run: Any, *
     """Train `cfg` (its batch_size global) on nproc x nnodes ranks; `job_run` gets the reports and is
     asked `should_stop()` as the in-process trainer would ask it."""
     size = world_size(nproc, nnodes)
+    _check_room(nproc, cfg.device)
     if cfg.batch_size % size:
         raise ValueError(f"batch_size {cfg.batch_size} does not split over {size} processes")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -136,7 +137,7 @@ def run(job_id: str, kind: str, cfg: TrainConfig, run_dir: Path, job_run: Any, *
         (run_dir / "join.txt").write_text(joined + "\n", encoding="utf-8")
         log.info("job %s: waiting for %d more node(s); run on each: %s", job_id, nnodes - 1, joined)
     env = dict(os.environ)
-    if cfg.device.startswith("cuda"):
+    if _on_cuda(cfg.device):
         env.setdefault("RNNLM_DIST_BACKEND", "nccl")
     env.setdefault("OMP_NUM_THREADS", "1")
     env["PYTHONUNBUFFERED"] = "1"
@@ -159,6 +160,24 @@ def run(job_id: str, kind: str, cfg: TrainConfig, run_dir: Path, job_run: Any, *
         raise RNNLMError(_failure(run_dir, proc.returncode))
     result = json.loads(result_file.read_text(encoding="utf-8"))
     return TrainResult(**{**result, "out": Path(result["out"])})
+
+
+def _on_cuda(device: str) -> bool:
+    import torch
+    return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+
+
+def _check_room(nproc: int, device: str) -> None:
+    """One process per core (per GPU on CUDA) on this machine: more would only slow the job and the box."""
+    if _on_cuda(device):
+        import torch
+        have, what = torch.cuda.device_count(), "CUDA devices"
+        if have == 0:
+            return  # the ranks report the missing GPU in the trainer's own words
+    else:
+        have, what = len(os.sched_getaffinity(0)), "CPUs"
+    if nproc > have:
+        raise ValueError(f"nproc {nproc} is more than this worker's {have} {what}")
 
 
 def _failure(run_dir: Path, returncode: int | None) -> str:

@@ -69,6 +69,15 @@ def test_two_processes_train_the_same_model_as_one_with_the_same_global_batch(st
     assert not (Path(job_settings.jobs_db).parent / "runs" / two.id).exists()  # cleaned up as any finished job
 
 
+def test_a_distill_job_runs_on_two_processes(store, worker, job_settings, tiny_job):
+    params = {k: v for k, v in tiny_job(epochs=1, batch_size=8, nproc=2).items() if k != "max_vocab"}
+    job = store.submit("distill", "student2", {**params, "teacher": "teacher"})
+    worker.run(once=True)
+    done = store.get(job.id)
+    assert done.status == "succeeded", done.error
+    assert done.result["epochs_run"] == 1 and (job_settings.checkpoints / "student2").is_dir()
+
+
 def test_cancelling_a_multi_process_job_ends_every_rank(store, worker, job_settings, tiny_job, wait_for):
     job = store.submit("train", "long", tiny_job(epochs=200, train_tokens=20000, nproc=2))
     thread = threading.Thread(target=worker.run, kwargs={"once": True}, daemon=True)
@@ -130,6 +139,14 @@ def test_a_failing_rank_fails_the_job_with_its_message(store, worker, tiny_job):
     done = store.get(job.id)
     assert done.status == "failed"
     assert "cuda" in done.error.lower() and "torchrun exited" not in done.error, done.error
+
+
+def test_a_job_asking_for_more_processes_than_the_worker_has_cores_fails_before_starting(store, worker, tiny_job):
+    cores = len(os.sched_getaffinity(0))
+    job = store.submit("train", "wide", tiny_job(nproc=cores + 1, batch_size=16 * (cores + 1)))
+    worker.run(once=True)
+    done = store.get(job.id)
+    assert done.status == "failed" and done.error == f"nproc {cores + 1} is more than this worker's {cores} CPUs"
 
 
 @pytest.mark.parametrize("body, param", [
