@@ -94,8 +94,8 @@ class Replica:
         self.sd_file: Path | None = None
         if metrics_dir:
             from prometheus_client import start_http_server
-            server, _ = start_http_server(0, addr="0.0.0.0")
-            node = get_node_ip_address()
+            node = get_node_ip_address()  # the address Ray's nodes reach each other on, not every interface
+            server, _ = start_http_server(0, addr=node)
             target = f"{node}:{server.server_port}"
             _forget_dead_replicas(Path(metrics_dir), node)
             self.sd_file = Path(metrics_dir) / f"{self.replica_id}.json"
