@@ -15,7 +15,7 @@ from service import errors
 from service.app import create_app
 from service.errors import (AuthenticationError, BadRequestError, ConflictError, ModelNotFoundError,
                             PermissionDeniedError, QueueFullError)
-from service.jobs import JobConflict, JobNotFound, JobStoreUnavailable
+from service.jobs import IdempotencyKeyReused, JobConflict, JobNotFound, JobStoreUnavailable
 from service.settings import Settings
 
 pytestmark = pytest.mark.anyio
@@ -180,6 +180,7 @@ DOMAIN = [
     (PromotionRefused("lstm", 2, "validation perplexity 3737.40 is worse than version 1's 120.91"), 409,
      "promotion_refused", None, "3737.40 is worse", {}),
     (VersionError("no earlier version to roll back to"), 409, "conflict", None, "roll back", {}),
+    (IdempotencyKeyReused("k-1", "abc123"), 422, "idempotency_key_reused", "Idempotency-Key", "abc123", {}),
 ]
 
 
