@@ -660,6 +660,14 @@ class DatasetUnknown(BaseModel):
     top: list[str] = Field(description="its most frequent words the vocabulary lacks")
 
 
+DATASET_EXAMPLE = {
+    "name": "support-tickets", "created": "2026-12-01T01:00:00Z",
+    "sha256": "2c1b6d3f0a9e8d7c6b5a49382716059f4e3d2c1b0a99887766554433221100ff", "style": "wikitext",
+    "model": "lstm", "split": {"valid": 0.1, "test": 0.1, "seed": 0},
+    "lines": {"train": 800, "valid": 100, "test": 100}, "tokens": {"train": 16210, "valid": 2050, "test": 1980},
+    "vocab_size": 2431, "unknown": {"lstm": {"tokens": 0.031, "words": 0.12, "top": ["Acme", "SKU"]}}}
+
+
 class DatasetInfo(BaseModel):
     """A stored dataset: how it was made and what is in it. Jobs name it in `dataset`."""
     name: str
@@ -674,13 +682,11 @@ class DatasetInfo(BaseModel):
     vocab_size: int = Field(description="distinct words of the train split")
     unknown: dict[str, DatasetUnknown] = Field(description="per served model: what its vocabulary lacks")
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "name": "support-tickets", "created": "2026-12-01T01:00:00Z", "sha256": "9f2c...", "style": "wikitext",
-        "model": "lstm", "split": {"valid": 0.1, "test": 0.1, "seed": 0},
-        "lines": {"train": 800, "valid": 100, "test": 100}, "tokens": {"train": 16210, "valid": 2050, "test": 1980},
-        "vocab_size": 2431, "unknown": {"lstm": {"tokens": 0.031, "words": 0.12, "top": ["Acme", "SKU"]}}}]})
+    model_config = ConfigDict(json_schema_extra={"examples": [DATASET_EXAMPLE]})
 
 
 class DatasetList(BaseModel):
     object: Literal["list"] = "list"
-    data: list[DatasetInfo]
+    data: list[DatasetInfo] = Field(description="by name")
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"object": "list", "data": [DATASET_EXAMPLE]}]})

@@ -47,8 +47,7 @@ def get_dataset(name: str, datasets: DatasetServiceDep) -> DatasetInfo:
     return datasets.get(name)
 
 
-@router.delete("/{name}", status_code=204)
-def delete_dataset(name: str, datasets: DatasetServiceDep) -> Response:
-    """Remove a dataset (jobs already trained on it keep their models)."""
-    datasets.delete(name)
-    return Response(status_code=204)
+@router.delete("/{name}", response_model=DatasetInfo)
+def delete_dataset(name: str, datasets: DatasetServiceDep) -> DatasetInfo:
+    """Remove a dataset and answer what it was (models already trained on it keep working)."""
+    return datasets.delete(name)

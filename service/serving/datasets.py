@@ -106,9 +106,10 @@ class DatasetService:
     def get(self, name: str) -> DatasetInfo:
         return dataset_info(self._get(name))
 
-    def delete(self, name: str) -> None:
-        self._get(name)
+    def delete(self, name: str) -> DatasetInfo:
+        info = dataset_info(self._get(name))
         dataset.delete(self.root, name)
+        return info
 
     def path(self, name: str) -> Path:
         """The folder of dataset `name` (a job's corpus)."""

@@ -79,7 +79,8 @@ def test_upload_normalises_splits_and_counts(api, upload_settings, wikitext2):
     listed = api.get("/v1/datasets", headers=AUTH).json()
     assert [d["name"] for d in listed["data"]] == ["prices", "prices-again"]
     assert api.get("/v1/datasets/prices", headers=AUTH).json() == info
-    assert api.delete("/v1/datasets/prices-again", headers=AUTH).status_code == 204
+    deleted = api.delete("/v1/datasets/prices-again", headers=AUTH)
+    assert deleted.status_code == 200 and deleted.json() == again
     assert_error(api.get("/v1/datasets/prices-again", headers=AUTH), 404, "name", "dataset_not_found")
     assert_error(api.delete("/v1/datasets/prices-again", headers=AUTH), 404, "name")
     assert leftovers(upload_settings) == ["prices"]

@@ -9,6 +9,7 @@ import pytest
 from fastapi import FastAPI
 from pydantic import SecretStr
 
+from models.dataset import DatasetExists, DatasetNotFound
 from models.errors import CheckpointError, InputError
 from models.versions import PromotionRefused, VersionError, VersionNotFound
 from service import errors
@@ -181,6 +182,8 @@ DOMAIN = [
      "promotion_refused", None, "3737.40 is worse", {}),
     (VersionError("no earlier version to roll back to"), 409, "conflict", None, "roll back", {}),
     (IdempotencyKeyReused("k-1", "abc123"), 422, "idempotency_key_reused", "Idempotency-Key", "abc123", {}),
+    (DatasetNotFound("no dataset named 'mine'"), 404, "dataset_not_found", "name", "mine", {}),
+    (DatasetExists("dataset 'mine' already exists"), 409, "conflict", "name", "already exists", {}),
 ]
 
 
