@@ -140,6 +140,8 @@ class TrainConfig:
             self.adaptive = False  # the tied decoder is the full softmax
         if self.extend_vocab and not self.init:
             raise SettingError("extend_vocab", "needs init (the model whose vocabulary is extended)")
+        if self.preset != "none" and not self.init:
+            raise SettingError("preset", f"{self.preset} needs init (the model to adapt)")
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig(arch=self.arch, vocab_size=vocab_size, emb=self.emb, hidden=self.hidden,

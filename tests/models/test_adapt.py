@@ -84,6 +84,8 @@ def test_adapt_preset_fills_what_was_not_given():
     assert with_preset(TrainConfig(data="d", out="o")).lr == TrainConfig(data="d", out="o").lr
     with pytest.raises(SettingError, match="extend_vocab"):
         TrainConfig(data="d", out="o", extend_vocab=10)  # extending needs a model to extend
+    with pytest.raises(SettingError, match="preset"):
+        TrainConfig(data="d", out="o", preset="adapt")
 
 
 @pytest.fixture(scope="module")
