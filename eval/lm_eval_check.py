@@ -91,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     if not (tokenizer / "tokenizer.json").is_file():
         raise SystemExit(f"no tokenizer.json in {tokenizer}: python -m models.hf_tokenizer {tokenizer}")
     with tempfile.TemporaryDirectory(prefix="rnnlm-lm-eval-") as tmp:
-        proc, url = (None, args.url.rstrip("/")) if args.url else start_server(args.checkpoints, Path(tmp) / "serve.log")
+        if args.url:
+            proc, url = None, args.url.rstrip("/")
+        else:
+            proc, url = start_server(args.checkpoints, Path(tmp) / "serve.log")
         try:
             samples = run_lm_eval(url, args.model, tokenizer, Path(tmp), args.batch_size, args.limit)
             samples.sort(key=lambda s: s["doc_id"])

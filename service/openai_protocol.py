@@ -67,8 +67,9 @@ class CompletionRequest(BaseModel):
                                  "and this many most probable alternatives at its position")
     echo: bool = Field(False, description="return the prompt (and its tokens' log-probabilities) before the "
                                           "completion")
-    stop: str | list[str] | None = Field(None, validate_default=True, description=f"up to {MAX_STOP} strings; generation stops before "
-                                                           "any of them")
+    stop: str | list[str] | None = Field(None, validate_default=True,
+                                         description=f"up to {MAX_STOP} strings; generation stops before "
+                                                     "any of them")
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     best_of: int | None = Field(None, ge=1, description="only `best_of` = `n` (or 1) is supported")
     user: str | None = Field(None, description="accepted and ignored")

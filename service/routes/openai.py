@@ -37,7 +37,8 @@ class OpenAIRoute(APIRoute):
                     raise
                 native = await handle(request, exc)
                 status = 400 if native.status_code == 422 else native.status_code
-                headers = {k: v for k, v in native.headers.items() if k.lower() not in ("content-length", "content-type")}
+                headers = {k: v for k, v in native.headers.items()
+                           if k.lower() not in ("content-length", "content-type")}
                 return JSONResponse(error_detail(json.loads(native.body), status), status_code=status, headers=headers)
 
         return route

@@ -12,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from service.app import create_app
-from service.request_id import HEADER, log_config
+from service.request_id import HEADER
 from service.settings import Settings
 
 pytestmark = pytest.mark.anyio
