@@ -64,11 +64,11 @@ class JobCounts(Collector):
     def collect(self):
         family = GaugeMetricFamily("rnnlm_jobs", "Jobs in the job store by status", labels=["status"])
         counts = dict.fromkeys(STATUSES, 0)
-        if self.store.exists():  # never create the database just to report that it is empty
-            try:
+        try:
+            if self.store.exists():  # never create the database just to report that it is empty
                 counts = self.store.counts()
-            except Exception as exc:  # a scrape must not fail because the database is busy or broken
-                log.warning("cannot count jobs in %s: %s", self.store.path, exc)
+        except Exception as exc:  # a scrape must not fail because the database is busy, down or broken
+            log.warning("cannot count jobs in %s: %s", self.store, exc)
         for status, n in counts.items():
             family.add_metric([status], n)
         yield family
