@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 
 from models.dataset import DatasetExists, DatasetNotFound
+from models.device import DeviceError
 from models.errors import CheckpointError, InputError
 from models.versions import PromotionRefused, VersionError, VersionNotFound
 from service import errors
@@ -175,6 +176,8 @@ DOMAIN = [
     (InputError("k must be at least 1", "k"), 422, "invalid_request_error", "k", "at least 1", {}),
     (QueueFullError("lstm", 256, retry_after_s=2), 503, "overloaded", None, "overloaded", {"retry-after": "2"}),
     (CheckpointError("weights.pt is truncated"), 503, "model_unavailable", None, "truncated", {}),
+    (DeviceError("device 'cuda' is not available: no CUDA GPU is visible"), 503, "device_unavailable", None,
+     "not available", {}),
     (JobStoreUnavailable("the job store postgresql://db/jobs cannot be reached: connection refused"), 503,
      "job_store_unavailable", None, "cannot be reached", {}),
     (VersionNotFound("model 'lstm' has no version 9"), 404, "version_not_found", "version", "no version 9", {}),

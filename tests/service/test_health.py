@@ -5,6 +5,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from models.device import resolve_device
 from service.app import create_app
 from service.settings import Settings
 
@@ -24,7 +25,7 @@ async def test_health(client: httpx.AsyncClient) -> None:
 async def test_ready_lists_models(client: httpx.AsyncClient) -> None:
     r = await client.get("/ready")
     assert r.status_code == 200
-    assert r.json() == {"status": "ready", "models": ["gru", "lstm"]}
+    assert r.json() == {"status": "ready", "models": ["gru", "lstm"], "device": str(resolve_device("auto"))}
 
 
 async def test_not_ready_without_models(tmp_path) -> None:
