@@ -19,6 +19,10 @@ from service.settings import Settings
 from service.worker import Worker
 
 
+# a worker runs at most one process per core
+two_cores = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs for 2 processes")
+
+
 @pytest.fixture
 def store(job_settings: Settings) -> JobStore:
     return JobStore(job_settings.jobs_db, stale_after_s=30)
@@ -49,6 +53,7 @@ def _processes_mentioning(text: str) -> list[int]:
     return pids
 
 
+@two_cores
 def test_two_processes_train_the_same_model_as_one_with_the_same_global_batch(store, worker, job_settings, tiny_job):
     params = tiny_job(epochs=1, batch_size=8)
     one = store.submit("train", "one", params)
@@ -69,6 +74,7 @@ def test_two_processes_train_the_same_model_as_one_with_the_same_global_batch(st
     assert not (Path(job_settings.jobs_db).parent / "runs" / two.id).exists()  # cleaned up as any finished job
 
 
+@two_cores
 def test_a_distill_job_runs_on_two_processes(store, worker, job_settings, tiny_job):
     params = {k: v for k, v in tiny_job(epochs=1, batch_size=8, nproc=2).items() if k != "max_vocab"}
     job = store.submit("distill", "student2", {**params, "teacher": "teacher"})
@@ -78,6 +84,7 @@ def test_a_distill_job_runs_on_two_processes(store, worker, job_settings, tiny_j
     assert done.result["epochs_run"] == 1 and (job_settings.checkpoints / "student2").is_dir()
 
 
+@two_cores
 def test_cancelling_a_multi_process_job_ends_every_rank(store, worker, job_settings, tiny_job, wait_for):
     job = store.submit("train", "long", tiny_job(epochs=200, train_tokens=20000, nproc=2))
     thread = threading.Thread(target=worker.run, kwargs={"once": True}, daemon=True)
@@ -92,6 +99,7 @@ def test_cancelling_a_multi_process_job_ends_every_rank(store, worker, job_setti
     wait_for(lambda: not _processes_mentioning(launch), timeout=30, what="the ranks to end")
 
 
+@two_cores
 def test_a_stopped_worker_hands_the_job_back_and_the_next_resumes_it_from_its_last_epoch(store, worker, job_settings,
                                                                                        tiny_job, wait_for):
     job = store.submit("train", "resumed", tiny_job(epochs=3, train_tokens=12000, nproc=2))
@@ -112,6 +120,7 @@ def test_a_stopped_worker_hands_the_job_back_and_the_next_resumes_it_from_its_la
     assert [h["epoch"] for h in done.progress["history"]] == [1, 2, 3]
 
 
+@two_cores
 def test_a_killed_worker_takes_its_ranks_with_it(store, job_settings, tiny_job, proc_tools, tmp_path):
     job = store.submit("train", "orphan", tiny_job(epochs=200, train_tokens=20000, nproc=2))
     env = proc_tools.clean_env(OMP_NUM_THREADS="1", RNNLM_DATA_ROOTS=str(job_settings.data_roots[0]))
