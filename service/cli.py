@@ -55,7 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
     ray.add_argument("--ray-metrics-dir", default=None, help="write a Prometheus file_sd target per replica here "
                                                              "(default: $RNNLM_RAY_METRICS_DIR)")
 
-
     p = sub.add_parser("worker", help="run the training and distillation jobs queued by POST /v1/jobs",
                        description="Claim queued jobs one at a time and train them; a finished model is copied "
                                    "into --checkpoints, where `rnnlm serve` picks it up. SIGTERM/SIGINT hand the "

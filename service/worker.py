@@ -24,14 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Gauge, start_http_server
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 from models.data import check_corpus_within, resolve_within, sha256, split_path
 from models.errors import CheckpointError, RNNLMError, TrainingCancelled
 from models.train import EpochReport, StepReport, TrainResult
 from models.versions import current_folder, publish
-from service.jobs import STATUSES, Job, JobStore
+from service.jobs import Job, JobStore
+from service.metrics import JobCounts
 from service.schemas import JobRequest
 from service.settings import Settings
 
@@ -50,28 +49,6 @@ TRAINING_VALID_PERPLEXITY = Gauge("rnnlm_training_valid_perplexity", "Validation
                                   ["type"])
 VERSIONS_PUBLISHED = Counter("rnnlm_model_versions_published", "Models this worker's jobs published, by whether "
                              "the promotion gate let them be served", ["promoted"])
-
-
-class JobCounts(Collector):
-    """`rnnlm_jobs{status}`: read from the database at scrape time, so every process agrees."""
-
-    def __init__(self, store: JobStore) -> None:
-        self.store = store
-
-    def describe(self):
-        return [GaugeMetricFamily("rnnlm_jobs", "Jobs in the job store by status", labels=["status"])]
-
-    def collect(self):
-        family = GaugeMetricFamily("rnnlm_jobs", "Jobs in the job store by status", labels=["status"])
-        counts = dict.fromkeys(STATUSES, 0)
-        try:
-            if self.store.exists():  # never create the database just to report that it is empty
-                counts = self.store.counts()
-        except Exception as exc:  # a scrape must not fail because the database is busy, down or broken
-            log.warning("cannot count jobs in %s: %s", self.store, exc)
-        for status, n in counts.items():
-            family.add_metric([status], n)
-        yield family
 
 
 def one_line(exc: BaseException) -> str:
@@ -182,8 +159,8 @@ class Worker:
         # beat often enough that a live worker is never taken for dead
         self.heartbeat_s = heartbeat_s or max(0.2, min(10.0, store.stale_after_s / 4))
         self.parent_pid = parent_pid
-        self.device = device  # for jobs that leave theirs at "auto" (RNNLM_DEVICE, --device)
         self.data_roots = list(data_roots)  # where a job's corpus files may resolve to (none: its own folder)
+        self.device = device  # for jobs that leave theirs at "auto" (RNNLM_DEVICE, --device)
         self.stop_event = threading.Event()
 
     @property
