@@ -23,6 +23,7 @@ serve: install
 	$(BIN)/rnnlm serve --host $(HOST) --port $(PORT) --checkpoints checkpoints --with-worker
 
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 # rnnlm serve --ray on a local one-node Ray cluster with two replicas (about two minutes)

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import argparse
 import re
-import socket
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from service.server import free_port  # noqa: F401 (the bench scripts take it from here)
 
 
 def model_parser(doc: str, threads_help: str = "torch threads") -> argparse.ArgumentParser:
@@ -51,9 +52,3 @@ def median_seconds(func: Callable[[], object], repeat: int = 3) -> float:
         func()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -17,7 +17,6 @@ import statistics
 import time
 
 import httpx
-
 from benchlib import model_parser, test_sentences
 from load import server
 

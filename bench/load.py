@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchlib import free_port, model_parser, test_sentences
+
 from rnnlm_client import APIConnectionError, APIError, AsyncClient, Client
 
 REPO = Path(__file__).resolve().parents[1]

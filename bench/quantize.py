@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 from benchlib import load_bench_model, median_seconds, model_parser, test_sentences
+
 from models.data import encode_lines, read_lines
 from models.engine import Engine
 from models.evaluate import evaluate_stream
@@ -48,8 +49,8 @@ def main() -> None:
     for name, engine in engines.items():
         score = evaluate_stream(engine.model, stream, use_context=True)
         n_tok = sum(s.num_tokens for s in engine.score(sentences))
-        t_score = median_seconds(lambda: engine.score(sentences), args.repeat)
-        t_next = median_seconds(lambda: engine.next_word(prefix), 10 * args.repeat)
+        t_score = median_seconds(lambda: engine.score(sentences), args.repeat)  # noqa: B023 (called here)
+        t_next = median_seconds(lambda: engine.next_word(prefix), 10 * args.repeat)  # noqa: B023
         alone = [engine.score([s])[0].logprob for s in sentences[:32]]
         mixed = [r.logprob for r in engine.score(sentences[:32] + sentences[-32:])[:32]]
         drift = max(abs(a - b) for a, b in zip(alone, mixed))

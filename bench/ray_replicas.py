@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import httpx
-
 from benchlib import free_port, test_sentences
 
 REPO = Path(__file__).resolve().parents[1]

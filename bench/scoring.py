@@ -16,9 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from benchlib import load_bench_model, median_seconds, model_parser, test_sentences
 from torch import nn
 
-from benchlib import load_bench_model, median_seconds, model_parser, test_sentences
 from models.engine import Engine
 from models.rnnlm import RNNLM, ModelConfig, picked_log_probs
 
@@ -55,7 +55,9 @@ def main() -> None:
     parser.add_argument("--single", type=int, default=300, help="of those, how many are scored one per call")
     parser.add_argument("--rows", type=int, default=4096, help="feature rows for the output-layer figures")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--context", default="Valkyria Chronicles III", help="topic for the with-context figure ('' = none)")
+    parser.add_argument(
+        "--context", default="Valkyria Chronicles III", help="topic for the with-context figure ('' = none)"
+    )
     args = parser.parse_args()
     engine = Engine(load_bench_model(args), state_cache_bytes=0)
     c = engine.model.config

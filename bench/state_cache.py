@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from benchlib import load_bench_model, model_parser
+
 from models.engine import Engine
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,15 +26,10 @@ from pathlib import Path
 import httpx
 
 from rnnlm_client import Client
+from service.server import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 TASK = "wikitext2_pairs"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(checkpoints: Path, log: Path) -> tuple[subprocess.Popen, str]:

@@ -41,7 +41,9 @@ def with_preset(cfg: TrainConfig, explicit: Iterable[str] = ()) -> TrainConfig:
     return replace(cfg, **{k: v for k, v in values.items() if k not in explicit})
 
 
-def new_words(lines: Iterable[str], vocab: Vocab, min_count: int = 3, limit: int | None = None) -> list[tuple[str, int]]:
+def new_words(
+    lines: Iterable[str], vocab: Vocab, min_count: int = 3, limit: int | None = None
+) -> list[tuple[str, int]]:
     """The corpus words `vocab` lacks, seen at least `min_count` times: (word, count), most frequent
     first (ties in first-seen order), at most `limit` of them."""
     counts: Counter[str] = Counter()

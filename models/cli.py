@@ -17,8 +17,16 @@ from dataclasses import fields
 from pathlib import Path
 
 from models import quality_cli, score_file, versions_cli
-from models.config import (RULES, STUDENT_SIZE, DistillConfig, SettingError, TrainConfig, check_setting, choices,
-                           defaults)
+from models.config import (
+    RULES,
+    STUDENT_SIZE,
+    DistillConfig,
+    SettingError,
+    TrainConfig,
+    check_setting,
+    choices,
+    defaults,
+)
 
 EXIT_USAGE, EXIT_ERROR = 2, 1
 Command = Callable[[argparse.Namespace], int]
@@ -238,9 +246,8 @@ def cmd_fit_boost(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from models.checkpoint import load_model
-    from models.engine import Engine, GenerationParams
-
     from models.device import resolve_device
+    from models.engine import Engine, GenerationParams
 
     device = resolve_device(args.device)
     engine = Engine(load_model(args.model), device=device)

@@ -26,7 +26,7 @@ from models.checkpoint import valid_name
 from models.data import SPLITS, sha256
 from models.errors import DataError
 from models.normalize import normalize
-from models.tokenizer import EOS, UNK, Vocab
+from models.tokenizer import UNK, Vocab
 
 INFO = "dataset.json"
 SPLIT_FILES = {split: f"{split}.txt" for split in SPLITS}

@@ -18,8 +18,8 @@ from models.checkpoint import load_model
 from models.config import DistillConfig
 from models.device import place_model, resolve_device
 from models.errors import CheckpointError
-from models.rnnlm import RNNLM, State, detach_state
 from models.objective import Batches, Objective, title_context
+from models.rnnlm import RNNLM, State, detach_state
 from models.train import TrainConfig, TrainResult, train
 
 __all__ = ["DistillConfig", "Distillation", "distill", "kd_loss"]

@@ -443,7 +443,9 @@ class Engine:
                 p = probs[torch.tensor(cand, dtype=torch.long, device=self.device)]
                 p = p / p.sum()
                 top = torch.topk(p, min(k, p.numel()))
-                preds = [WordProb(self.vocab.itos[cand[i]], v) for v, i in zip(top.values.tolist(), top.indices.tolist())]
+                preds = [
+                    WordProb(self.vocab.itos[cand[i]], v) for v, i in zip(top.values.tolist(), top.indices.tolist())
+                ]
         return NextWord(preds, prefix, context.used)
 
     # ---- generation ----------------------------------------------------------------------------

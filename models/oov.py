@@ -6,7 +6,8 @@ makes it look as likely as a frequent word. N_unseen, the expected number of wor
 kept count m, so the frequency spectrum of the rarest kept words (the number of types seen m and m+1
 times: a Zipf power law f(c) = f(m) (m/c)^a) is extrapolated to the counts 1..m-1 and scaled to the
 number of <unk> tokens in the training text. A vocabulary cut by size rather than count (m = 1) takes
-each <unk> token for a type of its own; one with no <unk> in training uses Chao's estimate f1^2 / (2 f2). The score of an OOV word is then log p(<unk>) - log N_unseen.
+each <unk> token for a type of its own; one with no <unk> in training uses Chao's estimate
+f1^2 / (2 f2). The score of an OOV word is then log p(<unk>) - log N_unseen.
 
 Conventions: "unk-word" scores <unk> as a word (the published corpus-perplexity convention);
 "open-vocab" spreads its mass as above, so texts with different OOV counts compare fairly.

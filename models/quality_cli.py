@@ -33,8 +33,10 @@ def cmd_fit_cache(args: argparse.Namespace) -> int:
                                                                  fit.params)), 4)
         result["test_ppl_without"] = round(perplexity(data.model_lp), 4)
     if not args.dry_run:
-        fitted_on = {"fitted_on": f"{folder.name}/valid" + (f" (first {args.lines} lines)" if args.lines else ""),
-                     "valid_ppl": result["valid_ppl"]} | ({"test_ppl": result["test_ppl"]} if "test_ppl" in result else {})
+        fitted_on = {
+            "fitted_on": f"{folder.name}/valid" + (f" (first {args.lines} lines)" if args.lines else ""),
+            "valid_ppl": result["valid_ppl"],
+        } | ({"test_ppl": result["test_ppl"]} if "test_ppl" in result else {})
         write_cache_block(args.model, fit.params, fitted_on)
     print(json.dumps(result) if args.json else
           f"{loaded.name}: cache theta {fit.params.theta} lambda {fit.params.lam} window {fit.params.window}; "

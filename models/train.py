@@ -277,7 +277,9 @@ class Trainer:
         if improved:
             self.best, self.bad_epochs = metric, 0
             best = current.state_dict()
-            self.best_state = copy.deepcopy(best) if self.device.type == "cpu" else {k: v.cpu() for k, v in best.items()}
+            self.best_state = (
+                copy.deepcopy(best) if self.device.type == "cpu" else {k: v.cpu() for k, v in best.items()}
+            )
         else:
             self.bad_epochs += 1
         if isinstance(self.sched, torch.optim.lr_scheduler.ReduceLROnPlateau):

@@ -14,8 +14,19 @@ from typing import Any
 import httpx
 
 from rnnlm_client import types as t
-from rnnlm_client._base import (Call, Options, Routes, SSEParser, backoff, decode, job_outcome, progress_key,
-                                should_retry_error, should_retry_status, stream_chunk)
+from rnnlm_client._base import (
+    Call,
+    Options,
+    Routes,
+    SSEParser,
+    backoff,
+    decode,
+    job_outcome,
+    progress_key,
+    should_retry_error,
+    should_retry_status,
+    stream_chunk,
+)
 from rnnlm_client.errors import APIConnectionError, APITimeoutError
 
 GENERATE_PARAMS = ("model", "context", "max_tokens", "temperature", "top_k", "top_p", "seed", "stop", "n")

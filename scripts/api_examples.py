@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import shutil
 import subprocess
 import sys
@@ -16,6 +15,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+from service.server import free_port
 
 EXAMPLES = [
     ("GET", "/health", None),
@@ -37,12 +38,6 @@ EXAMPLES = [
     ("POST", "/v1/score", {"texts": []}),
     ("POST", "/v1/generate", {"prompt": "x", "top_p": 1.5}),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def shorten(value, items: int = 4):

@@ -8,7 +8,6 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-
 from prometheus_client import REGISTRY
 
 from service import errors, request_id
@@ -19,8 +18,15 @@ from service.jobs import JobStore
 from service.metrics import JobCounts, MetricsMiddleware
 from service.registry import ModelRegistry
 from service.routes import datasets, generate, health, jobs, models, openai, page, score
-from service.serving import (CompletionService, DatasetService, GenerationService, JobService, ModelService,
-                             NextWordService, ScoringService)
+from service.serving import (
+    CompletionService,
+    DatasetService,
+    GenerationService,
+    JobService,
+    ModelService,
+    NextWordService,
+    ScoringService,
+)
 from service.settings import Settings
 
 log = logging.getLogger(__name__)

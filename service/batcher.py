@@ -20,8 +20,16 @@ from dataclasses import dataclass, field
 
 from starlette.concurrency import run_in_threadpool
 
-from models.engine import (ContextArg, CorpusScore, Engine, ResolvedContext, ScoredText, TextArg, corpus_score,
-                           rank_scores)
+from models.engine import (
+    ContextArg,
+    CorpusScore,
+    Engine,
+    ResolvedContext,
+    ScoredText,
+    TextArg,
+    corpus_score,
+    rank_scores,
+)
 from models.errors import InputError
 from service import metrics
 from service.errors import QueueFullError

@@ -12,8 +12,17 @@ import sys
 from collections.abc import Sequence
 
 from models.cli import COMMANDS as LIBRARY_COMMANDS
-from models.cli import (EXIT_ERROR, EXIT_USAGE, Command, OneLineParser, add_commands, add_device_flag, number, positive,
-                        run_command)
+from models.cli import (
+    EXIT_ERROR,
+    EXIT_USAGE,
+    Command,
+    OneLineParser,
+    add_commands,
+    add_device_flag,
+    number,
+    positive,
+    run_command,
+)
 
 port = number(int, lambda v: 0 <= v <= 65535, "in [0, 65535]", "a port number")
 

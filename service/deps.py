@@ -10,9 +10,15 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from service.errors import AuthenticationError, PermissionDeniedError
 from service.jobs import JobStore
 from service.registry import ModelRegistry
-from service.serving import (CompletionService, DatasetService, GenerationService, JobService, ModelService,
-                             NextWordService,
-                             ScoringService)
+from service.serving import (
+    CompletionService,
+    DatasetService,
+    GenerationService,
+    JobService,
+    ModelService,
+    NextWordService,
+    ScoringService,
+)
 from service.settings import Settings
 
 

@@ -10,13 +10,34 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from models.adapt import ADAPT_PRESET, PRESETS
 from models.checkpoint import valid_name
-from models.config import (STUDENT_SIZE, Amp, Arch, DistillConfig, Optimizer, Preset, SaveDtype, Schedule,
-                           SettingError, Style, TrainConfig, check_setting, defaults)
+from models.config import (
+    STUDENT_SIZE,
+    Amp,
+    Arch,
+    DistillConfig,
+    Optimizer,
+    Preset,
+    SaveDtype,
+    Schedule,
+    SettingError,
+    Style,
+    TrainConfig,
+    check_setting,
+    defaults,
+)
 
 MAX_STOP = 4
 MAX_SEED = 2**63 - 1
@@ -239,13 +260,35 @@ class ScoreResponse(ScoringInfo):
     model: str
     results: list[TextScore]
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "context_used": False, "warnings": [], "model": "student", "results": [{
-            "text": "The song was a hit.", "logprob": -26.6457, "num_tokens": 7, "perplexity": 44.994, "oov_count": 0,
-            "tokens": [{"token": "The", "logprob": -2.4772, "oov": False}, {"token": "song", "logprob": -6.8764, "oov": False},
-                       {"token": "was", "logprob": -1.7436, "oov": False}, {"token": "a", "logprob": -2.3748, "oov": False},
-                       {"token": "hit", "logprob": -7.688, "oov": False}, {"token": ".", "logprob": -3.8847, "oov": False},
-                       {"token": "<eos>", "logprob": -1.601, "oov": False}]}]}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "context_used": False,
+                    "warnings": [],
+                    "model": "student",
+                    "results": [
+                        {
+                            "text": "The song was a hit.",
+                            "logprob": -26.6457,
+                            "num_tokens": 7,
+                            "perplexity": 44.994,
+                            "oov_count": 0,
+                            "tokens": [
+                                {"token": "The", "logprob": -2.4772, "oov": False},
+                                {"token": "song", "logprob": -6.8764, "oov": False},
+                                {"token": "was", "logprob": -1.7436, "oov": False},
+                                {"token": "a", "logprob": -2.3748, "oov": False},
+                                {"token": "hit", "logprob": -7.688, "oov": False},
+                                {"token": ".", "logprob": -3.8847, "oov": False},
+                                {"token": "<eos>", "logprob": -1.601, "oov": False},
+                            ],
+                        }
+                    ],
+                }
+            ]
+        }
+    )
 
 
 class PerplexityRequest(Request):
@@ -340,9 +383,23 @@ class NextWordResponse(ContextInfo):
     completing: str | None = Field(description="the half-typed word being completed, or null")
     cache: bool = Field(False, description="whether the neural cache of the typed text was used")
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "context_used": False, "warnings": [], "model": "lstm", "completing": "Lon",
-        "predictions": [{"word": "London", "prob": 0.9838}, {"word": "Long", "prob": 0.0149}, {"word": "Lone", "prob": 0.0006}]}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "context_used": False,
+                    "warnings": [],
+                    "model": "lstm",
+                    "completing": "Lon",
+                    "predictions": [
+                        {"word": "London", "prob": 0.9838},
+                        {"word": "Long", "prob": 0.0149},
+                        {"word": "Lone", "prob": 0.0006},
+                    ],
+                }
+            ]
+        }
+    )
 
 
 class GenerateRequest(Request):
@@ -390,7 +447,11 @@ class StreamChunk(BaseModel):
     logprob: float | None
     finish_reason: FinishReason | None = Field(None, description="set on a choice's final event")
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{"index": 0, "token": "was", "text": "was", "logprob": -2.3982, "finish_reason": None}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"index": 0, "token": "was", "text": "was", "logprob": -2.3982, "finish_reason": None}]
+        }
+    )
 
 
 # ---- training jobs ----------------------------------------------------------------------------
@@ -459,9 +520,15 @@ class JobRequest(Request):
     valid_tokens: int | None = Field(_TRAIN["valid_tokens"], description="use only the first N valid/test tokens")
     seed: int = _TRAIN["seed"]
     save_dtype: SaveDtype = _TRAIN["save_dtype"]
-    device: str = Field(_TRAIN["device"], max_length=16, description="where the worker trains: auto (the worker's "
-                        "own device setting, RNNLM_DEVICE), cpu, cuda or cuda:N; a device the worker lacks fails the job")
-    amp: Amp = Field(_TRAIN["amp"], description="bf16: bf16 autocast for the forward pass (on CUDA; the loss stays fp32)")
+    device: str = Field(
+        _TRAIN["device"],
+        max_length=16,
+        description="where the worker trains: auto (the worker's "
+        "own device setting, RNNLM_DEVICE), cpu, cuda or cuda:N; a device the worker lacks fails the job",
+    )
+    amp: Amp = Field(
+        _TRAIN["amp"], description="bf16: bf16 autocast for the forward pass (on CUDA; the loss stays fp32)"
+    )
     nproc: int = Field(1, ge=1, le=64, description="processes per node: above 1 the worker runs the job under torchrun "
                        "with DistributedDataParallel; batch_size stays the global batch (split over the processes)")
     nnodes: int = Field(1, ge=1, le=64, validate_default=True, description="machines: above 1 the other nodes "
@@ -585,7 +652,8 @@ class JobCreated(BaseModel):
     id: str
     status: JobStatus
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{"id": "67c7744cddfe454abc32e893987ba493", "status": "queued"}]})
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"id": "67c7744cddfe454abc32e893987ba493", "status": "queued"}]})
 
 
 class EpochRecord(BaseModel):
@@ -615,8 +683,9 @@ class JobProgress(BaseModel):
 
 JOB_EXAMPLE = {
     "id": "67c7744cddfe454abc32e893987ba493", "type": "train", "name": "tiny-gru", "status": "running",
-    "cancel_requested": False, "params": {"data": "/data/wikitext-2", "arch": "gru", "emb": 64, "hidden": 64, "layers": 1,
-                                          "epochs": 2, "train_tokens": 200000, "valid_tokens": 20000},
+    "cancel_requested": False,
+    "params": {"data": "/data/wikitext-2", "arch": "gru", "emb": 64, "hidden": 64, "layers": 1, "epochs": 2,
+               "train_tokens": 200000, "valid_tokens": 20000},
     "progress": {"epoch": 1, "epochs": 2, "step": 135, "total_steps": 180, "loss": 7.1204, "valid_ppl": 970.6196,
                  "best_valid_ppl": 970.6196, "tokens_per_s": 30974.5, "eta_s": 3.4, "lr": 0.002,
                  "history": [{"epoch": 1, "train_loss": 7.5941, "valid_ppl": 970.6196}]},

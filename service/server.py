@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 
 import h11
 import uvicorn
@@ -26,6 +27,14 @@ log = logging.getLogger(__name__)
 
 STARTUP_FAILURE = 3  # uvicorn's exit status when the server could not start
 _REQUEST_READ = (h11.DONE, h11.MUST_CLOSE, h11.CLOSED, h11.ERROR)  # h11 client states past the request
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on `host` that nothing listens on right now (for tests, benches and scripts that start
+    a server; another process may still take it before the server binds)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 class ReadTimeoutProtocol(H11Protocol):
@@ -91,7 +100,7 @@ class ReadTimeoutProtocol(H11Protocol):
             self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
                                  b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
         log.info("closing connection from %s: request not read within %g s",
-                 "%s:%d" % self.client if self.client else "?", self.read_timeout_s)
+                 f"{self.client[0]}:{self.client[1]}" if self.client else "?", self.read_timeout_s)
         # The app, if it was waiting for the body, gets http.disconnect.
         self.transport.close()
 

@@ -18,8 +18,8 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import replace
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 

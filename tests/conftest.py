@@ -6,7 +6,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -125,10 +124,7 @@ def wait_for():
 @pytest.fixture(scope="session")
 def free_port():
     """`free_port()` -> a TCP port on 127.0.0.1 that nothing listens on right now."""
-    def pick() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
+    from service.server import free_port as pick
     return pick
 
 

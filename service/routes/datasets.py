@@ -13,11 +13,24 @@ ERRORS = {400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 403: {"m
           404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}}
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], dependencies=[ApiKeyDep], responses=ERRORS)
 
-UPLOAD_BODY = {"requestBody": {"required": True, "description": "UTF-8 text, one sentence or paragraph per line: "
-               "the raw body, or multipart/form-data with `file` (split by line) or `train` (and `valid`, `test`)",
-               "content": {"text/plain": {"schema": {"type": "string"}, "example": "The Acme X200 ships today.\n"},
-                           "multipart/form-data": {"schema": {"type": "object", "properties": {
-                               k: {"type": "string", "format": "binary"} for k in ("file", "train", "valid", "test")}}}}}}
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "UTF-8 text, one sentence or paragraph per line: "
+        "the raw body, or multipart/form-data with `file` (split by line) or `train` (and `valid`, `test`)",
+        "content": {
+            "text/plain": {"schema": {"type": "string"}, "example": "The Acme X200 ships today.\n"},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        k: {"type": "string", "format": "binary"} for k in ("file", "train", "valid", "test")
+                    },
+                }
+            },
+        },
+    }
+}
 
 
 @router.post("", status_code=201, response_model=DatasetInfo, openapi_extra=UPLOAD_BODY,

@@ -5,8 +5,14 @@ from fastapi import APIRouter
 from sse_starlette import EventSourceResponse
 
 from service.deps import GenerationDep, NextWordDep
-from service.schemas import (ErrorResponse, GenerateRequest, GenerateResponse, NextWordRequest, NextWordResponse,
-                             StreamChunk)
+from service.schemas import (
+    ErrorResponse,
+    GenerateRequest,
+    GenerateResponse,
+    NextWordRequest,
+    NextWordResponse,
+    StreamChunk,
+)
 
 ERRORS = {404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}}
 router = APIRouter(prefix="/v1", tags=["generation"], responses=ERRORS)

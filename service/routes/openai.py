@@ -17,8 +17,13 @@ from sse_starlette import EventSourceResponse
 
 from service.deps import CompletionDep
 from service.errors import BadRequestError
-from service.openai_protocol import (CompletionRequest, CompletionResponse, OpenAIErrorResponse, error_detail,
-                                     unsupported_chat_message)
+from service.openai_protocol import (
+    CompletionRequest,
+    CompletionResponse,
+    OpenAIErrorResponse,
+    error_detail,
+    unsupported_chat_message,
+)
 
 
 class OpenAIRoute(APIRoute):

@@ -7,8 +7,15 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service.deps import ScoringDep
-from service.schemas import (ErrorResponse, PerplexityRequest, PerplexityResponse, RankRequest, RankResponse,
-                             ScoreRequest, ScoreResponse)
+from service.schemas import (
+    ErrorResponse,
+    PerplexityRequest,
+    PerplexityResponse,
+    RankRequest,
+    RankResponse,
+    ScoreRequest,
+    ScoreResponse,
+)
 
 ERRORS = {404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}}
 router = APIRouter(prefix="/v1", tags=["scoring"], responses=ERRORS)

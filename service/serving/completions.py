@@ -22,8 +22,7 @@ from models.errors import InputError, RNNLMError
 from models.tokenizer import EOS, detokenize
 from service import metrics
 from service.batcher import Batcher
-from service.openai_protocol import (CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse,
-                                     Usage)
+from service.openai_protocol import CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, Usage
 from service.registry import ModelRegistry
 from service.serving.common import use_model
 from service.serving.generation import DONE
@@ -179,7 +178,7 @@ class CompletionService:
             states = [ChoiceState(finish="length") for _ in range(body.n)]
             if body.max_tokens:
                 params = self._params(body)
-                events = await run_in_threadpool(lambda: list(engine.stream(prompt.body, params, context=context)))
+                events = await run_in_threadpool(_events, engine.stream(prompt.body, params, context=context))
                 for event in events:
                     _apply(states[event.index], event)
             for j, state in enumerate(states):
@@ -302,3 +301,8 @@ async def _stream_chunks(engine: Engine, context: ResolvedContext, body: Complet
         log.warning("completion stream failed: %s", exc)
         yield json.dumps({"error": {"message": str(exc), "type": "generation_error",
                                     "param": getattr(exc, "param", None), "code": 500}})
+
+
+def _events(stream) -> list:
+    """Run a whole generation in the thread pool (a generator only runs as it is iterated)."""
+    return list(stream)

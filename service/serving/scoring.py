@@ -7,8 +7,18 @@ from models.engine import ScoredText, corpus_score, rank_scores
 from service import metrics
 from service.batcher import Batcher
 from service.registry import ModelRegistry
-from service.schemas import (PerplexityRequest, PerplexityResponse, PerplexityResult, RankRequest, RankResponse,
-                             RankResult, ScoreRequest, ScoreResponse, TextScore, TokenScore)
+from service.schemas import (
+    PerplexityRequest,
+    PerplexityResponse,
+    PerplexityResult,
+    RankRequest,
+    RankResponse,
+    RankResult,
+    ScoreRequest,
+    ScoreResponse,
+    TextScore,
+    TokenScore,
+)
 from service.serving.common import check_limits, context_fields, use_model
 from service.settings import Settings
 

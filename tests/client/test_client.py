@@ -7,8 +7,17 @@ import time
 
 import pytest
 
-from rnnlm_client import (APIConnectionError, AsyncClient, AuthenticationError, BadRequestError, Client,
-                          ConflictError, JobCancelledError, NotFoundError, PermissionDeniedError)
+from rnnlm_client import (
+    APIConnectionError,
+    AsyncClient,
+    AuthenticationError,
+    BadRequestError,
+    Client,
+    ConflictError,
+    JobCancelledError,
+    NotFoundError,
+    PermissionDeniedError,
+)
 from rnnlm_client import types as t
 
 SENTENCES = ["The album was released in 1999 .", "The album were release in 1999 ."]

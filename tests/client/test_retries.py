@@ -8,8 +8,16 @@ import json
 import httpx
 import pytest
 
-from rnnlm_client import (APIConnectionError, APITimeoutError, AsyncClient, Client, InternalServerError,
-                          JobFailedError, OverloadedError, StreamError)
+from rnnlm_client import (
+    APIConnectionError,
+    APITimeoutError,
+    AsyncClient,
+    Client,
+    InternalServerError,
+    JobFailedError,
+    OverloadedError,
+    StreamError,
+)
 
 OVERLOADED = {"error": {"type": "overloaded", "message": "model 'lstm' is overloaded", "param": None}}
 SCORED = {"model": "lstm", "context_used": False, "warnings": [],

@@ -50,8 +50,9 @@ def family_of(series: str) -> str:
 @pytest.fixture(scope="module")
 def exported() -> dict[str, str]:
     """series name -> family type, for every rnnlm_ family defined anywhere in service/."""
-    import service
     from prometheus_client import REGISTRY
+
+    import service
 
     for module in pkgutil.walk_packages(service.__path__, "service."):
         importlib.import_module(module.name)

@@ -127,7 +127,7 @@ def traffic(prometheus: Prometheus, stack) -> dict[tuple[str, tuple], float]:
         exported = scrape(f"{stack.api_url}/metrics")
         want = sum(v for (name, labels), v in exported.items() if name == "rnnlm_requests_total"
                    and dict(labels).get("endpoint") == "/v1/score" and dict(labels).get("status") == "200")
-        prometheus.wait(SCORE_OK, lambda r: bool(r) and float(r[0]["value"][1]) == want)
+        prometheus.wait(SCORE_OK, lambda r: bool(r) and float(r[0]["value"][1]) == want)  # noqa: B023
     return exported
 
 

@@ -24,8 +24,14 @@ def test_schemathesis_finds_nothing(tmp_path, tiny_model, proc_tools):
     (tmp_path / "data").mkdir()
     port, log = proc_tools.free_port(), tmp_path / "serve.log"
     # every route that the document says needs the key does; a slow shared machine is not an overload
-    env = proc_tools.clean_env(RNNLM_API_KEY=KEY, RNNLM_API_KEY_INFERENCE="true", RNNLM_DATA_ROOTS=str(tmp_path / "data"),
-                               RNNLM_ADMISSION_MAX_WAIT_MS="10000", RNNLM_MAX_TOKENS="32", RNNLM_MAX_N="2")
+    env = proc_tools.clean_env(
+        RNNLM_API_KEY=KEY,
+        RNNLM_API_KEY_INFERENCE="true",
+        RNNLM_DATA_ROOTS=str(tmp_path / "data"),
+        RNNLM_ADMISSION_MAX_WAIT_MS="10000",
+        RNNLM_MAX_TOKENS="32",
+        RNNLM_MAX_N="2",
+    )
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--checkpoints",
                                  str(checkpoints), "--jobs-db", str(tmp_path / "jobs.db"), "--threads", "1"],

@@ -29,7 +29,9 @@ def test_four_worker_processes_never_run_a_job_twice(tmp_path, postgres, data_ro
     workers = [start_worker(proc_tools, url, tmp_path, f"w{i}") for i in range(4)]
     try:
         for proc, log in workers:  # all four polling before the first job arrives
-            proc_tools.wait_for(lambda log=log: "jobs from postgresql://" in log.read_text(), 120, "a worker", proc, log)
+            proc_tools.wait_for(
+                lambda log=log: "jobs from postgresql://" in log.read_text(), 120, "a worker", proc, log
+            )
         jobs = [store.submit("train", f"m{i}", {"data": str(data_root / "wt2-400"), **TINY}) for i in range(8)]
         proc, log = workers[0]
         proc_tools.wait_for(lambda: all(store.get(j.id).finished for j in jobs), 300, "the jobs", proc, log)
@@ -61,7 +63,9 @@ def test_a_sigkilled_workers_job_is_finished_by_another(tmp_path, postgres, data
     workers = {name: start_worker(proc_tools, url, tmp_path, name, "--stale-after", "4") for name in ("a", "b")}
     try:
         for proc, log in workers.values():  # both polling: whichever claims the job is killed, the other resumes it
-            proc_tools.wait_for(lambda log=log: "jobs from postgresql://" in log.read_text(), 120, "a worker", proc, log)
+            proc_tools.wait_for(
+                lambda log=log: "jobs from postgresql://" in log.read_text(), 120, "a worker", proc, log
+            )
         job = store.submit("train", "phoenix", {"data": str(data_root / "wt2-400"), **TINY, "emb": 32, "hidden": 32,
                                                 "train_tokens": 15000, "epochs": epochs, "patience": 100})
         victim = proc_tools.wait_for(lambda: (j := store.get(job.id)).progress and j.progress.get("epoch")

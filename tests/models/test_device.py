@@ -8,8 +8,18 @@ import pytest
 import torch
 
 from models.checkpoint import LoadedModel, load_model
-from models.device import (DeviceError, autocast, model_device, move_state, place_model, resolve_device,
-                           rng_states, serve_dtype, set_rng_states, valid_device)
+from models.device import (
+    DeviceError,
+    autocast,
+    model_device,
+    move_state,
+    place_model,
+    resolve_device,
+    rng_states,
+    serve_dtype,
+    set_rng_states,
+    valid_device,
+)
 from models.engine import Engine, GenerationParams
 
 REPO = Path(__file__).resolve().parents[2]

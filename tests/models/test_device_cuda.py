@@ -101,7 +101,9 @@ def test_generation_and_state_cache_stay_on_the_device(device):
     there_and_back = move_state(move_state(cached.state, torch.device("cpu")), device)
     assert all(torch.equal(a, b) for a, b in zip(there_and_back, cached.state))
     greedy = GenerationParams(max_tokens=8, temperature=0)
-    assert engine.generate("The game", greedy).choices[0].tokens == engine.generate("The game", greedy).choices[0].tokens
+    assert (
+        engine.generate("The game", greedy).choices[0].tokens == engine.generate("The game", greedy).choices[0].tokens
+    )
 
 
 def test_a_model_moves_to_the_device_and_back_unchanged(device):

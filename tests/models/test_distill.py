@@ -6,7 +6,7 @@ import torch
 
 from models.checkpoint import load_model
 from models.data import load_corpus
-from models.distill import DistillConfig, Distillation, distill, kd_loss
+from models.distill import Distillation, DistillConfig, distill, kd_loss
 from models.rnnlm import RNNLM, ModelConfig
 from models.train import Batches, TrainConfig
 
@@ -56,7 +56,7 @@ def test_student_learns_from_teacher_across_architectures(tiny_model, tiny_corpu
     objective = Distillation(teacher.model, DistillConfig(temperature=2.0, alpha=0.5))
     opt = torch.optim.Adam(student.parameters(), lr=5e-3)
     losses, kls = [], []
-    for epoch in range(3):
+    for _ in range(3):
         objective.start_epoch(batches)
         state = None
         for inputs, targets, titles in batches:

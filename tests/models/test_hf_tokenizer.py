@@ -10,7 +10,8 @@ import pytest
 
 from models.checkpoint import load_model
 from models.hf_tokenizer import TOKENIZER, TOKENIZER_CONFIG, build_tokenizer, tokenizer_config, write_tokenizer
-from models.tokenizer import EOS, UNK, Tokenizer as ServerTokenizer, Vocab
+from models.tokenizer import EOS, UNK, Vocab
+from models.tokenizer import Tokenizer as ServerTokenizer
 
 tokenizers = pytest.importorskip("tokenizers")
 

@@ -130,7 +130,7 @@ def test_state_cache_off(loaded: LoadedModel) -> None:
 @pytest.mark.parametrize("arch", ["lstm", "gru", "rnn"])
 def test_short_inputs_cell_by_cell_equal_the_fused_module(arch: str) -> None:
     """A keystroke's few new tokens skip the fused kernel's setup; the values must not change."""
-    from models.rnnlm import STEP_TOKENS, RNNLM, ModelConfig
+    from models.rnnlm import RNNLM, STEP_TOKENS, ModelConfig
 
     torch.manual_seed(0)
     model = RNNLM(ModelConfig(arch=arch, vocab_size=300, emb=16, hidden=24, layers=2, cutoffs=[50, 200],

@@ -68,12 +68,16 @@ def test_upload_normalises_splits_and_counts(api, upload_settings, wikitext2):
     assert len(info["sha256"]) == 64 and info["vocab_size"] > 10
     assert set(info["unknown"]) == {"teacher"} and 0 < info["unknown"]["teacher"]["tokens"] < 1
     folder = Path(upload_settings.datasets_dir) / "prices"
-    assert (folder / "train.txt").read_text().splitlines()[0].startswith("Line 0 : the product 's price was $ 3 @,@ 000")
+    assert (
+        (folder / "train.txt").read_text().splitlines()[0].startswith("Line 0 : the product 's price was $ 3 @,@ 000")
+    )
     assert {"train.txt", "valid.txt", "test.txt", "SHA256SUMS", "dataset.json"} <= {p.name for p in folder.iterdir()}
 
     # the same text and seed split the same way
     again = upload(api, "prices-again", raw, valid=0.2, test=0.1, seed=3)
-    assert (Path(upload_settings.datasets_dir) / "prices-again" / "test.txt").read_text() == (folder / "test.txt").read_text()
+    assert (Path(upload_settings.datasets_dir) / "prices-again" / "test.txt").read_text() == (
+        folder / "test.txt"
+    ).read_text()
     assert again["sha256"] == info["sha256"]
 
     listed = api.get("/v1/datasets", headers=AUTH).json()

@@ -15,8 +15,14 @@ from models.errors import CheckpointError, InputError
 from models.versions import PromotionRefused, VersionError, VersionNotFound
 from service import errors
 from service.app import create_app
-from service.errors import (AuthenticationError, BadRequestError, ConflictError, ModelNotFoundError,
-                            PermissionDeniedError, QueueFullError)
+from service.errors import (
+    AuthenticationError,
+    BadRequestError,
+    ConflictError,
+    ModelNotFoundError,
+    PermissionDeniedError,
+    QueueFullError,
+)
 from service.jobs import IdempotencyKeyReused, JobConflict, JobNotFound, JobStoreUnavailable
 from service.settings import Settings
 

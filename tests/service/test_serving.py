@@ -14,8 +14,7 @@ from service.batcher import Batcher
 from service.errors import BadRequestError, ConflictError, ModelNotFoundError
 from service.jobs import JobConflict, JobNotFound, JobStore
 from service.registry import ModelRegistry
-from service.schemas import (GenerateRequest, JobRequest, NextWordRequest, PerplexityRequest, RankRequest,
-                             ScoreRequest)
+from service.schemas import GenerateRequest, JobRequest, NextWordRequest, PerplexityRequest, RankRequest, ScoreRequest
 from service.serving import GenerationService, JobService, NextWordService, ScoringService
 from service.settings import Settings
 

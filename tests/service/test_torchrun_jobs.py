@@ -18,7 +18,6 @@ from service.jobs import JobStore
 from service.settings import Settings
 from service.worker import Worker
 
-
 # a worker runs at most one process per core
 two_cores = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs for 2 processes")
 

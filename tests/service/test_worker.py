@@ -10,9 +10,9 @@ from prometheus_client import REGISTRY
 
 from models.checkpoint import read_config
 from service.jobs import MAX_RECOVERIES, JobConflict, JobStore
+from service.metrics import JobCounts
 from service.settings import Settings
-from service.worker import JobCounts, JobRun, Worker
-
+from service.worker import JobRun, Worker
 
 
 @pytest.fixture
