@@ -102,8 +102,14 @@ def test_generation_streams_and_stops(server, open_page, artifacts):
     expect(page.locator("#gen-status")).to_contain_text("5 tokens")
     expect(page.locator("#gen-output .generated")).not_to_be_empty()
 
+    # A long generation (seed 12 runs 227 tokens before <eos>) over a slow link, so Stop comes mid-stream
+    # however fast the server is.
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send("Network.emulateNetworkConditions",
+             {"offline": False, "latency": 0, "downloadThroughput": 2000, "uploadThroughput": -1})
     page.locator("#gen-max").fill("5000")
-    page.locator("#gen-seed").fill("")
+    page.locator("#gen-seed").fill("12")
     page.get_by_role("button", name="Generate").click()
     expect(page.locator("#gen-stop")).to_be_enabled()
     expect(page.locator("#gen-status")).to_have_text(re.compile(r"generating… ([3-9]|\d\d+) tokens"))
@@ -115,6 +121,8 @@ def test_generation_streams_and_stops(server, open_page, artifacts):
     assert stopped_at < 5000
     expect(page.locator("#gen-stop")).to_be_disabled()
     expect(page.locator("#gen-start")).to_be_focused()
+    cdp.send("Network.emulateNetworkConditions",
+             {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
     # a limit the server enforces comes back as its message
     page.locator("#gen-max").fill("5001")
     page.get_by_role("button", name="Generate").click()
