@@ -308,7 +308,10 @@ def document_errors(app: FastAPI) -> None:
                 for response in responses.values():
                     stream = response.get("content", {}).get("text/event-stream")
                     if stream and "schema" in stream:
+                        chunk = (stream["schema"].get("examples") or [None])[0]
                         stream["schema"] = _sse_event(stream["schema"], schema)
+                        if chunk is not None and "example" not in stream:  # one event, then the last one
+                            stream["example"] = {"data": json.dumps(chunk)}
         app.openapi_schema = schema
         return schema
 

@@ -303,7 +303,7 @@ class SqliteJobStore(JobStore):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = self._connect()
         try:
-            conn.execute("PRAGMA journal_mode = WAL")  # readers never block the writer
+            _set_wal(conn)  # readers never block the writer
             conn.execute("BEGIN IMMEDIATE")  # one process migrates; the others then find nothing to do
             try:
                 conn.execute(MIGRATIONS_TABLE)
@@ -508,3 +508,20 @@ class SqliteJobStore(JobStore):
         """Put a running job back in the queue (the worker is shutting down); it resumes later."""
         return self._owned("UPDATE jobs SET status = 'queued', worker_id = NULL, heartbeat_at = NULL", (),
                            job_id, worker_id)
+
+
+def _set_wal(conn: sqlite3.Connection) -> None:
+    """Switch a store to write-ahead logging. Changing the journal mode takes the database's exclusive
+    lock and fails at once with "database is locked" (no busy wait) while another process holds it, as
+    when several processes open a new store together: retry until the busy timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    delay = 0.01
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)

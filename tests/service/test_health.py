@@ -82,6 +82,10 @@ async def test_openapi_has_an_example_for_every_request(client: httpx.AsyncClien
     for path, op in posts.items():
         if "requestBody" not in op:  # e.g. POST /v1/jobs/{id}/cancel takes no body
             continue
-        ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"].split("/")[-1]
-        assert spec["components"]["schemas"][ref].get("examples"), f"{path} has no request example"
+        for media, content in op["requestBody"]["content"].items():
+            if media == "application/json":
+                ref = content["schema"]["$ref"].split("/")[-1]
+                assert spec["components"]["schemas"][ref].get("examples"), f"{path} has no request example"
+            elif media != "multipart/form-data":  # a form's example is the files it names
+                assert "example" in content or "examples" in content, f"{path} {media} has no request example"
     assert (await client.get("/docs")).status_code == 200
