@@ -22,58 +22,25 @@ from service.serving import (
 from service.settings import Settings
 
 
-# `async` although they never await: FastAPI runs a plain `def` dependency in the thread pool, a thread
-# hop per dependency per request (bench/load.py); these only read app.state.
-async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+def _state(name: str):
+    """A dependency that reads `app.state.<name>`. `async` although it never awaits: FastAPI runs a plain
+    `def` dependency in the thread pool, a thread hop per dependency per request (bench/load.py)."""
+    async def read(request: Request):
+        return getattr(request.app.state, name)
+    read.__name__ = f"get_{name}"
+    return read
 
 
-async def get_registry(request: Request) -> ModelRegistry:
-    return request.app.state.registry
-
-
-async def get_job_store(request: Request) -> JobStore:
-    return request.app.state.jobs
-
-
-async def get_scoring(request: Request) -> ScoringService:
-    return request.app.state.scoring
-
-
-async def get_next_word(request: Request) -> NextWordService:
-    return request.app.state.next_word
-
-
-async def get_generation(request: Request) -> GenerationService:
-    return request.app.state.generation
-
-
-async def get_job_service(request: Request) -> JobService:
-    return request.app.state.job_service
-
-
-async def get_completions(request: Request) -> CompletionService:
-    return request.app.state.completions
-
-
-async def get_dataset_service(request: Request) -> DatasetService:
-    return request.app.state.dataset_service
-
-
-async def get_model_service(request: Request) -> ModelService:
-    return request.app.state.model_service
-
-
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
-JobStoreDep = Annotated[JobStore, Depends(get_job_store)]
-ScoringDep = Annotated[ScoringService, Depends(get_scoring)]
-NextWordDep = Annotated[NextWordService, Depends(get_next_word)]
-GenerationDep = Annotated[GenerationService, Depends(get_generation)]
-JobServiceDep = Annotated[JobService, Depends(get_job_service)]
-CompletionDep = Annotated[CompletionService, Depends(get_completions)]
-ModelServiceDep = Annotated[ModelService, Depends(get_model_service)]
-DatasetServiceDep = Annotated[DatasetService, Depends(get_dataset_service)]
+SettingsDep = Annotated[Settings, Depends(_state("settings"))]
+RegistryDep = Annotated[ModelRegistry, Depends(_state("registry"))]
+JobStoreDep = Annotated[JobStore, Depends(_state("jobs"))]
+ScoringDep = Annotated[ScoringService, Depends(_state("scoring"))]
+NextWordDep = Annotated[NextWordService, Depends(_state("next_word"))]
+GenerationDep = Annotated[GenerationService, Depends(_state("generation"))]
+JobServiceDep = Annotated[JobService, Depends(_state("job_service"))]
+CompletionDep = Annotated[CompletionService, Depends(_state("completions"))]
+ModelServiceDep = Annotated[ModelService, Depends(_state("model_service"))]
+DatasetServiceDep = Annotated[DatasetService, Depends(_state("dataset_service"))]
 
 
 # The key as an OpenAPI security scheme (the Authorize button of /docs); missing or non-Bearer credentials
