@@ -98,7 +98,7 @@ def test_generation_streams_and_stops(server, open_page, artifacts):
     page.locator("#gen-max").fill("5")
     page.locator("#gen-seed").fill("7")
     page.get_by_role("button", name="Generate").click()
-    expect(page.locator("#gen-status")).to_have_attribute("data-state", "done")
+    expect(page.locator("#gen-status")).to_have_attribute("data-state", "done", timeout=30_000)
     expect(page.locator("#gen-status")).to_contain_text("5 tokens")
     expect(page.locator("#gen-output .generated")).not_to_be_empty()
 
