@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import bisect
 import math
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -24,8 +23,8 @@ from models.quantize import quantize_int8
 from models.rnnlm import State
 from models.state_cache import Listener, StateCache
 from models.tokenizer import EOS, UNK, Encoded, detokenize
+from models.typed_text import TypedText
 
-_PARTIAL_WORD = re.compile(r"(\w+)$")
 # A scoring batch holds lengths within 80-100 % of its longest, once it has 16 rows (a micro-batch of
 # a few texts stays one batch: a bigger batch is worth some padding). Tuned with bench/scoring.py.
 BUCKET_SPREAD = 0.8
@@ -196,6 +195,7 @@ class Engine:
         self.cache_params = CacheParams.from_meta(loaded.meta)  # the neural cache fitted for this model, if any
         self.oov_penalty = oov.penalty_of(loaded.meta)          # open-vocabulary scoring's OOV penalty, if any
         self._typed = TypedMemory()
+        self._typed_text = TypedText(self.tokenizer)
 
     @property
     def name(self) -> str:
@@ -411,19 +411,17 @@ class Engine:
         if k < 1:
             raise InputError("k must be at least 1", "k")
         prefix = None
-        match = _PARTIAL_WORD.search(text)
-        if match and text and not text[-1].isspace():
-            prefix = match.group(1)
-            text = text[: match.start()]
-        ids = self.tokenizer.encode(text).ids
+        start = _partial_word_start(text)
+        if start < len(text):
+            prefix, text = text[start:], text[:start]
+        ids = self._typed_text.ids(text)  # only the last words are re-tokenised while someone types
         context = self.resolve_context(context)
         if cache and self.cache_params is None:
             raise InputError(f"model {self.name} has no fitted neural cache (rnnlm fit-cache)", "cache")
         if cache:
-            feats = self._typed.features(self.model, context.key, ids, self.vocab.eos,
-                                         context.vector if context.used else None)
+            feats, words = self._typed.features(self.model, context.key, ids, self.vocab.eos,
+                                                context.vector if context.used else None)
             logp = self.model.log_probs(feats[-1:], context.words if context.used else None)[0]
-            words = torch.tensor(ids, dtype=torch.long, device=self.device)
             probs = next_word_log_probs(logp, feats, words, self.cache_params).exp()
         else:
             feat, _ = self._prefix_state(ids, context)
@@ -567,3 +565,12 @@ def corpus_score(results: Sequence[ScoredText]) -> CorpusScore:
 def rank_scores(scores: Sequence[ScoredText]) -> list[ScoredText]:
     """Best first by total log-probability (stable for ties)."""
     return sorted(scores, key=lambda s: s.logprob, reverse=True)
+
+
+def _partial_word_start(text: str) -> int:
+    """Where the half-typed word at the end of `text` starts (len(text) when it ends otherwise): the run
+    of word characters (regex \\w: alphanumerics and `_`), scanned from the end so a keystroke costs O(word)."""
+    i = len(text)
+    while i and (text[i - 1].isalnum() or text[i - 1] == "_"):
+        i -= 1
+    return i

@@ -244,53 +244,98 @@ def write_cache_block(folder: str | Path, params: CacheParams, fitted_on: dict) 
 class TypedMemory:
     """The features of the last few typed texts (per context), so a keystroke reads only its new words.
 
-    A text extends (or shortens) the one typed before it: the longest remembered text sharing its
-    start gives the features up to there and, when the new text is longer, the recurrent state to
-    read the rest from. Bounded by `entries`; thread-safe.
+    A text extends (or shortens) the one typed before it: the longest remembered text it starts with
+    gives the features up to there and the recurrent state to read the rest from; a text that starts a
+    remembered one is answered from its first rows. Texts are compared as id tuples (in C, never token by
+    token in Python), and a text that extends the newest rows of its buffer is written after them in place
+    (rows already written never change), so a keystroke's cost does not grow with the text's length but
+    for those comparisons. Bounded by `entries`; thread-safe.
     """
 
     def __init__(self, entries: int = 16) -> None:
         self.entries = entries
-        self._items: OrderedDict[tuple, tuple[tuple[int, ...], Tensor, State]] = OrderedDict()
+        self._items: OrderedDict[tuple, tuple[_Rows, int, State]] = OrderedDict()  # (key, ids) -> rows, n, state
         self._lock = threading.Lock()
 
-    def features(self, model: RNNLM, key: tuple | None, ids: list[int], eos: int, vector: Tensor | None) -> Tensor:
-        """Features of every position of <eos> + ids ([len(ids) + 1, D]): row j predicts ids[j]."""
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def features(self, model: RNNLM, key: tuple | None, ids: list[int], eos: int,
+                 vector: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Features of every position of <eos> + ids ([len(ids) + 1, D]: row j predicts ids[j]) and the
+        ids as a tensor ([len(ids)])."""
         wanted = tuple(ids)
+        size = len(wanted)
         with self._lock:
+            found = self._items.get((key, wanted))
+            if found is not None:
+                self._items.move_to_end((key, wanted))
+                return found[0].view(size)
             best, best_len = None, -1
-            for (k, _), (known, feats, state) in self._items.items():
+            for (k, known), entry in reversed(self._items.items()):  # the newest first
                 if k != key:
                     continue
-                common = _common_prefix(known, wanted)
-                if common == len(wanted):  # a longer (or equal) text: its first rows are the answer
-                    return feats[: len(wanted) + 1]
-                if common == len(known) and common > best_len:
-                    best, best_len = (known, feats, state), common
+                n = len(known)
+                if n > size and known[:size] == wanted:  # a longer text: its first rows are the answer
+                    return entry[0].view(size)
+                if best_len < n < size and wanted[:n] == known:
+                    best, best_len = entry, n
         if best is None:
             new = torch.tensor([[eos, *wanted]], dtype=torch.long, device=model.encoder.weight.device)
-            feats, state = model.features(new, None, vector)
-            feats = feats[0]
+            more, state = model.features(new, None, vector)
+            rows = None
         else:
-            known, old, state = best
-            new = torch.tensor([wanted[len(known):]], dtype=torch.long, device=old.device)
+            rows, _, state = best
+            new = torch.tensor([wanted[best_len:]], dtype=torch.long, device=rows.feats.device)
             more, state = model.features(new, state, vector)
-            feats = torch.cat([old, more[0]])
         with self._lock:
-            self._items[(key, wanted)] = (wanted, feats, state)
+            if rows is None:
+                rows = _Rows.start(more[0], new[0, 1:])
+            else:
+                rows = rows.extend(best_len, more[0], new[0])
+            self._items[(key, wanted)] = (rows, size, state)
             self._items.move_to_end((key, wanted))
             while len(self._items) > self.entries:
                 self._items.popitem(last=False)
-        return feats
+            return rows.view(size)
 
 
-def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
+class _Rows:
+    """A growing buffer of a typed text's features and ids, shared by the texts that extend it. Row j of
+    `feats` predicts `ids[j]`; the first `filled` rows (and `filled - 1` ids) are written once and never
+    change, so views of them stay valid. Changed with the memory's lock held."""
+    __slots__ = ("feats", "ids", "filled")
+
+    def __init__(self, feats: Tensor, ids: Tensor, filled: int) -> None:
+        self.feats, self.ids, self.filled = feats, ids, filled
+
+    @classmethod
+    def start(cls, feats: Tensor, ids: Tensor) -> _Rows:
+        """The rows of a text read from its start: `feats` [n + 1, D], `ids` [n]."""
+        cap = max(64, 2 * feats.shape[0])
+        rows = cls(feats.new_empty(cap, feats.shape[1]), ids.new_empty(cap), feats.shape[0])
+        rows.feats[: feats.shape[0]] = feats
+        rows.ids[: ids.shape[0]] = ids
+        return rows
+
+    def view(self, n: int) -> tuple[Tensor, Tensor]:
+        """The features ([n + 1, D]) and ids ([n]) of the text of the first n ids."""
+        return self.feats[: n + 1], self.ids[:n]
+
+    def extend(self, n: int, feats: Tensor, ids: Tensor) -> _Rows:
+        """The rows of the first n ids followed by `ids` ([m]) with their `feats` ([m, D]): written after
+        them in place when nothing else was written there, else into a copy."""
+        end = n + 1 + ids.shape[0]
+        rows = self
+        if self.filled != n + 1 or end > self.feats.shape[0]:
+            cap = max(64, 2 * end)
+            rows = _Rows(self.feats.new_empty(cap, self.feats.shape[1]), self.ids.new_empty(cap), n + 1)
+            rows.feats[: n + 1] = self.feats[: n + 1]
+            rows.ids[:n] = self.ids[:n]
+        rows.feats[n + 1: end] = feats
+        rows.ids[n: end - 1] = ids
+        rows.filled = end
+        return rows
 
 
 def evaluate_with_cache(model: RNNLM, stream: Stream, params: CacheParams, use_context: bool = True) -> StreamScore:

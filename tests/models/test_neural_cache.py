@@ -18,6 +18,7 @@ from models.engine import Engine
 from models.errors import InputError
 from models.neural_cache import (
     CacheParams,
+    TypedMemory,
     cache_log_probs,
     document_log_probs,
     fit_cache,
@@ -172,3 +173,66 @@ def test_fit_cache_and_eval_cache_commands(tmp_path: Path, tiny_model: Path, tin
     assert cached["num_tokens"] == plain["num_tokens"]
     assert cached["perplexity"] == pytest.approx(report["test_ppl"], rel=1e-3)
     assert plain["perplexity"] == pytest.approx(report["test_ppl_without"], rel=1e-3)
+
+
+def test_typed_memory_agrees_with_reading_each_text_whole(tiny_model: Path) -> None:
+    """Texts typed on, shortened, then taken elsewhere (rows copied, earlier ones untouched), in two contexts."""
+    loaded = load_model(tiny_model)
+    engine = Engine(loaded)
+    model, eos = loaded.model, loaded.tokenizer.vocab.eos
+    ids = loaded.tokenizer.encode("The club played in the city and the game was released in Japan in 2011 ,"
+                                  " and it was the first game of the series").ids * 3  # past a buffer's first 64 rows
+    storm = engine.resolve_context("Tropical Storm")
+    memory = TypedMemory(entries=8)
+    plain = model.features
+
+    def whole(n: int, vector) -> torch.Tensor:
+        with torch.inference_mode():
+            return plain(torch.tensor([[eos, *ids[:n]]]), None, vector)[0][0]
+
+    read = count_reads(model)
+    lengths = [*range(0, len(ids) + 1), 12, 5, 9, 20, len(ids), 3]
+    kept = []
+    for key, vector in ((None, None), (storm.key, storm.vector)):
+        for n in lengths:
+            with torch.inference_mode():
+                feats, words = memory.features(model, key, ids[:n], eos, vector)
+            assert torch.allclose(feats, whole(n, vector), atol=1e-5) and words.tolist() == ids[:n]
+            kept.append((feats, n, vector))
+    # typing on reads one token a keystroke; a shortened text reads nothing; each context starts afresh
+    assert read == [1] * (len(ids) + 1) * 2
+    # the views handed out before are still right after the buffers grew in place and were copied
+    for feats, n, vector in kept:
+        assert torch.allclose(feats, whole(n, vector), atol=1e-5)
+
+
+def test_typed_memory_replaces_a_diverging_text_without_touching_the_old_one(tiny_model: Path) -> None:
+    loaded = load_model(tiny_model)
+    model, eos = loaded.model, loaded.tokenizer.vocab.eos
+    a = loaded.tokenizer.encode("The club played in the city").ids
+    b = loaded.tokenizer.encode("The club played for the first time").ids
+    memory = TypedMemory(entries=2)
+    with torch.inference_mode():
+        first, _ = memory.features(model, None, a, eos, None)
+        copy = first.clone()
+        other, _ = memory.features(model, None, b, eos, None)  # shares "The club played": written after it
+        fresh = model.features(torch.tensor([[eos, *b]]), None, None)[0][0]
+        assert torch.equal(first, copy)
+        assert torch.allclose(other, fresh, atol=1e-5)
+        for n in range(3):  # more texts than entries: the oldest are forgotten, answers stay right
+            text = loaded.tokenizer.encode(f"In {1990 + n} the club").ids
+            feats, _ = memory.features(model, None, text, eos, None)
+            assert torch.allclose(feats, model.features(torch.tensor([[eos, *text]]), None, None)[0][0], atol=1e-5)
+    assert len(memory) == 2
+
+
+def count_reads(model) -> list[int]:
+    """Record how many tokens each call to the model's recurrence reads."""
+    seen: list[int] = []
+    features = model.features
+
+    def spy(inputs, *args, **kwargs):
+        seen.append(inputs.shape[1])
+        return features(inputs, *args, **kwargs)
+    model.features = spy
+    return seen
