@@ -17,22 +17,17 @@ clients are rnnlm_client's AsyncClient with retries off, so a 503 counts as an e
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Awaitable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchlib import free_port, model_parser, test_sentences
+from benchlib import cpu_seconds, model_parser, serve, test_sentences
 
 from rnnlm_client import APIConnectionError, APIError, AsyncClient, Client
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {"optimised": {}, "baseline": {"RNNLM_BATCHING": "false", "RNNLM_STATE_CACHE_MB": "0"}}
 
 
@@ -63,51 +58,6 @@ class Result:
         return (f"  {name:<10} {len(self.latencies):5d} req {self.throughput:7.1f} req/s   p50 {self.pct(50):7.2f} ms"
                 f"   p95 {self.pct(95):7.2f} ms   p99 {self.pct(99):7.2f} ms   errors {self.errors}"
                 f"   server CPU {self.cpu_per_request:5.2f} ms/req")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc; NaN elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-@contextmanager
-def server(checkpoints: str, model: str, env: dict[str, str], threads: int) -> Iterator[tuple[str, int]]:
-    """A `rnnlm serve` subprocess on a free loopback port; yields (base URL, pid) once /ready says 200."""
-    port = free_port()
-    with tempfile.TemporaryDirectory() as tmp:
-        full_env = {**os.environ, "RNNLM_RELOAD_INTERVAL_S": "0", "RNNLM_DEFAULT_MODEL": model,
-                    "RNNLM_JOBS_DB": str(Path(tmp) / "jobs.db"), "RNNLM_THREADS": str(threads),
-                    "RNNLM_MAX_TEXT_CHARS": "100000", **env}
-        cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--checkpoints", checkpoints,
-               "--log-level", "warning"]
-        proc = subprocess.Popen(cmd, cwd=REPO, env=full_env)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 180
-            with Client(url, timeout=2, max_retries=0) as client:
-                while True:
-                    if proc.poll() is not None:
-                        raise RuntimeError(f"server exited with {proc.returncode}")
-                    try:
-                        if client.ready().ready:
-                            break
-                    except APIConnectionError:
-                        pass
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("server not ready after 180 s")
-                    time.sleep(0.25)
-            yield url, proc.pid
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 async def timed(call: Awaitable[object], result: Result) -> None:
@@ -202,7 +152,8 @@ def main() -> None:
     results: dict[str, dict] = {}
     for name, env in CONFIGS.items():
         print(f"[{name}] starting server ({env or 'batching and state cache on'}) ...", flush=True)
-        with server(checkpoints, args.model, env, args.threads) as (url, pid):
+        with serve(checkpoints, args.model, args.threads, {"RNNLM_MAX_TEXT_CHARS": "100000", **env}) as server:
+            url, pid = server.url, server.pid
             r = results[name] = {}
             for scenario, clients, requests in (("sequential", 1, args.sequential),
                                                 ("concurrent", args.clients, args.concurrent)):

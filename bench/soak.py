@@ -13,22 +13,16 @@ over asyncio streams: an HTTP library would use more of the two cores than the s
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import random
 import re
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchlib import free_port, model_parser, test_sentences
+from benchlib import Connection, model_parser, request_bytes, serve, test_sentences
 
-REPO = Path(__file__).resolve().parents[1]
 MIX = (("score", 0.5), ("next-word", 0.35), ("generate", 0.15))
 
 
@@ -55,42 +49,6 @@ def pct(xs: list[float], q: float) -> float:
 def rss_mib(pid: int) -> float:
     match = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)
     return int(match.group(1)) / 1024 if match else float("nan")
-
-
-def request_bytes(path: str, body: dict) -> bytes:
-    data = json.dumps(body).encode()
-    return (f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(data)}\r\n\r\n").encode() + data
-
-
-class Connection:
-    """One keep-alive HTTP/1.1 connection: send a request, read the status, headers and body."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def call(self, payload: bytes) -> tuple[int, dict[str, str], bytes]:
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
-        self.writer.write(payload)
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
-        body = await self.reader.readexactly(int(headers.get("content-length", 0)))
-        if headers.get("connection", "").lower() == "close":
-            self.close()
-        return status, headers, body
-
-    async def get(self, path: str) -> str:
-        return (await self.call(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()))[2].decode()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        self.reader = self.writer = None
 
 
 def make_requests(sentences: list[str], model: str, rng: random.Random) -> Iterator[tuple[str, bytes]]:
@@ -160,45 +118,6 @@ async def run_phase(port: int, sentences: list[str], model: str, clients: int, s
     return phase
 
 
-@contextmanager
-def server(checkpoints: str, model: str, threads: int, settings: list[str]) -> Iterator[tuple[int, int]]:
-    """A `rnnlm serve` subprocess on a free loopback port; yields (port, pid) once /ready says 200."""
-    port = free_port()
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RNNLM_")}
-        env.update(RNNLM_RELOAD_INTERVAL_S="0", RNNLM_DEFAULT_MODEL=model, RNNLM_JOBS_DB=str(Path(tmp) / "jobs.db"),
-                   RNNLM_THREADS=str(threads))
-        env.update(setting.split("=", 1) for setting in settings)
-        cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--checkpoints", checkpoints,
-               "--log-level", "warning"]
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env)
-        try:
-            deadline = time.monotonic() + 180
-            while not _ready(port):
-                if proc.poll() is not None:
-                    raise RuntimeError(f"server exited with {proc.returncode}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError("server not ready after 180 s")
-                time.sleep(0.25)
-            yield port, proc.pid
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def _ready(port: int) -> bool:
-    import urllib.request
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
 def admission_metrics(port: int) -> str:
     import urllib.request
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
@@ -236,7 +155,9 @@ def main() -> None:
     if not (Path(args.checkpoints) / args.model / "config.json").is_file():
         sys.exit(f"no model {args.model!r} in {args.checkpoints}")
     sentences = [s for s in test_sentences(Path(args.data), 2000) if len(s.split()) >= 4]
-    with server(str(Path(args.checkpoints).resolve()), args.model, args.threads, args.set) as (port, pid):
+    settings = dict(setting.split("=", 1) for setting in args.set)
+    with serve(args.checkpoints, args.model, args.threads, settings) as server:
+        port, pid = server.port, server.pid
         asyncio.run(run_phase(port, sentences, args.model, 2, 3))  # warm-up
         rss = [rss_mib(pid)]
         phases = []

@@ -245,10 +245,12 @@ class Engine:
 
     @torch.inference_mode()
     def score(self, texts: Sequence[TextArg], add_eos: bool = True, context: ContextArg = None,
-              top_logprobs: int = 0, cache: bool = False, oov_convention: str = "unk-word") -> list[ScoredText]:
+              top_logprobs: int = 0, cache: bool = False, oov_convention: str = "unk-word",
+              details: bool = True) -> list[ScoredText]:
         """log p(text) for each text (raw text or token ids); the first token is predicted from <eos>
         (sentence start). With `top_logprobs` = k > 0 each token also carries the k most probable
-        tokens at its position, from the same pass."""
+        tokens at its position, from the same pass. `details=False` leaves `tokens` empty (the totals
+        are the same): no per-token objects for a caller that only wants them."""
         if not texts:
             raise InputError("texts must not be empty", "texts")
         if top_logprobs < 0:
@@ -266,15 +268,18 @@ class Engine:
         if feats is not None:  # the texts are one document, in order
             logprobs = self._with_cache(targets, logprobs, feats)
         results = []
+        details = details or bool(top_logprobs)
         for i, (text, enc, lp) in enumerate(zip(texts, encoded, logprobs)):
-            names = enc.tokens + [EOS] if add_eos else enc.tokens
-            oov = enc.oov + [False] if add_eos else enc.oov
             total = float(sum(lp))
             n = len(lp)
-            top = tops[i] if tops is not None else [None] * n
+            tokens = []
+            if details:
+                names = enc.tokens + [EOS] if add_eos else enc.tokens
+                oov = enc.oov + [False] if add_eos else enc.oov
+                top = tops[i] if tops is not None else [None] * n
+                tokens = list(map(ScoredToken, names, lp, oov, top))
             results.append(ScoredText(text if isinstance(text, str) else detokenize(enc.tokens), total, n,
-                                      math.exp(-total / n) if n else float("nan"), sum(enc.oov),
-                                      list(map(ScoredToken, names, lp, oov, top)), cache=cache))
+                                      math.exp(-total / n) if n else float("nan"), sum(enc.oov), tokens, cache=cache))
         return self.with_oov_convention(results, oov_convention)
 
     def with_oov_convention(self, scores: Sequence[ScoredText], convention: str) -> list[ScoredText]:

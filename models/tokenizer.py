@@ -4,12 +4,17 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from models.normalize import STYLES, normalize
 
 UNK = "<unk>"
 EOS = "<eos>"
+# Texts remembered per tokenizer (least recently used out first), and the longest text remembered: a
+# service scores the same sentences again and again (n-best lists, evaluation sets, retries).
+ENCODE_CACHE_TEXTS = 8192
+ENCODE_CACHE_MAX_CHARS = 1000
 
 
 class Vocab:
@@ -65,21 +70,34 @@ class Encoded:
 class Tokenizer:
     """Normalises raw text to the training corpus' convention and maps it onto a vocabulary."""
 
-    def __init__(self, vocab: Vocab, style: str = "wikitext") -> None:
+    def __init__(self, vocab: Vocab, style: str = "wikitext", cache_texts: int = ENCODE_CACHE_TEXTS) -> None:
         if style not in STYLES:
             raise ValueError(f"unknown tokenizer style {style!r}; expected one of {STYLES}")
         self.vocab = vocab
         self.style = style
+        # lru_cache is thread-safe; it holds tuples, so no caller can change what another gets
+        self._cached = lru_cache(maxsize=cache_texts)(self._encode) if cache_texts else None
 
     def tokenize(self, text: str) -> list[str]:
         return normalize(text, self.style)
 
-    def encode(self, text: str) -> Encoded:
+    def _encode(self, text: str) -> tuple[tuple[str, ...], tuple[int, ...], tuple[bool, ...]]:
         tokens = self.tokenize(text)
         stoi, unk = self.vocab.stoi, self.vocab.unk
         ids = [stoi.get(t, unk) for t in tokens]
-        oov = [t not in stoi for t in tokens]
-        return Encoded(tokens, ids, oov)
+        return tuple(tokens), tuple(ids), tuple(i == unk and t != UNK for t, i in zip(tokens, ids))
+
+    def encode(self, text: str) -> Encoded:
+        """Normalised tokens, their ids and OOV flags; texts up to ENCODE_CACHE_MAX_CHARS are remembered."""
+        if self._cached is not None and len(text) <= ENCODE_CACHE_MAX_CHARS:
+            tokens, ids, oov = self._cached(text)
+        else:
+            tokens, ids, oov = self._encode(text)
+        return Encoded(list(tokens), list(ids), list(oov))
+
+    def cache_info(self):
+        """Hits, misses and size of the encode cache (functools' CacheInfo), None when it is off."""
+        return self._cached.cache_info() if self._cached is not None else None
 
 
 _NO_SPACE_BEFORE = {

@@ -2,6 +2,7 @@
 handlers, metrics."""
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -64,9 +65,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         REGISTRY.register(job_counts)
     except ValueError:  # another app in this process (tests) already exports it
         job_counts = None
+    # What is loaded now (modules, models, vocabularies: ~200k objects) lives as long as the server, so the
+    # cyclic GC stops traversing it: a full collection of it held the GIL for ~0.2 s and stalled the event loop.
+    gc.freeze()
     try:
         yield
     finally:
+        gc.unfreeze()  # back under the collector: an app stopped in a longer-lived process (tests) can be freed
         if job_counts is not None:
             REGISTRY.unregister(job_counts)
         await batcher.close()

@@ -46,10 +46,11 @@ class _Request:
     context: ResolvedContext
     future: asyncio.Future = field(repr=False)
     top_logprobs: int = 0
+    details: bool = True  # per-token scores wanted (False: totals only, no per-token objects built)
 
     @property
     def group(self) -> tuple:
-        return id(self.engine), self.add_eos, self.context.key, self.top_logprobs
+        return id(self.engine), self.add_eos, self.context.key, self.top_logprobs, self.details
 
 
 class _ModelQueue:
@@ -143,13 +144,13 @@ def _score_batch(batch: list[_Request], size_metric) -> list[list[ScoredText] | 
         size_metric.observe(len(texts))
         try:
             scores = first.engine.score(texts, add_eos=first.add_eos, context=first.context,
-                                        top_logprobs=first.top_logprobs)
+                                        top_logprobs=first.top_logprobs, details=first.details)
         except InputError:
             # One request's bad input must not fail its neighbours: score them one by one instead.
             for i in members:
                 try:
                     outcomes[i] = first.engine.score(batch[i].texts, add_eos=first.add_eos, context=first.context,
-                                                     top_logprobs=first.top_logprobs)
+                                                     top_logprobs=first.top_logprobs, details=first.details)
                 except Exception as exc:
                     outcomes[i] = exc
             continue
@@ -174,27 +175,27 @@ class Batcher:
         self._queues: dict[str, _ModelQueue] = {}
 
     async def score(self, engine: Engine, texts: list[TextArg], add_eos: bool = True,
-                    context: ContextArg = None, top_logprobs: int = 0) -> list[ScoredText]:
-        """`engine.score(texts, add_eos, context, top_logprobs)`, possibly computed together with other
-        requests."""
+                    context: ContextArg = None, top_logprobs: int = 0, details: bool = True) -> list[ScoredText]:
+        """`engine.score(texts, add_eos, context, top_logprobs, details=details)`, possibly computed together
+        with other requests."""
         context = engine.resolve_context(context)
         if not self.enabled:
             return await run_in_threadpool(engine.score, texts, add_eos=add_eos, context=context,
-                                           top_logprobs=top_logprobs)
+                                           top_logprobs=top_logprobs, details=details)
         queue = self._queues.get(engine.name)
         if queue is None or queue.task.done():  # first use, or its task died of a bug: start afresh
             queue = self._queues[engine.name] = _ModelQueue(engine.name, self.settings)
         future = asyncio.get_running_loop().create_future()
-        queue.put(_Request(engine, list(texts), add_eos, context, future, top_logprobs))
+        queue.put(_Request(engine, list(texts), add_eos, context, future, top_logprobs, details))
         return await future
 
     async def perplexity(self, engine: Engine, texts: list[str], context: ContextArg = None) -> CorpusScore:
         """`engine.perplexity(texts, context)`: each text ends with <eos>, scored through the batcher."""
-        return corpus_score(await self.score(engine, texts, add_eos=True, context=context))
+        return corpus_score(await self.score(engine, texts, add_eos=True, context=context, details=False))
 
     async def rank(self, engine: Engine, candidates: list[str], context: ContextArg = None) -> list[ScoredText]:
         """`engine.rank(candidates, context)`: best first, scored through the batcher."""
-        return rank_scores(await self.score(engine, candidates, add_eos=True, context=context))
+        return rank_scores(await self.score(engine, candidates, add_eos=True, context=context, details=False))
 
     async def close(self) -> None:
         queues, self._queues = list(self._queues.values()), {}

@@ -63,7 +63,8 @@ class Settings(BaseSettings):
     # overload (service/admission.py, service/server.py)
     admission: bool = Field(True, description="limit the inference requests running at once; the excess gets "
                                               "503 with Retry-After at once")
-    admission_initial_limit: int = Field(16, ge=1, description="requests running at once before latency is measured")
+    admission_initial_limit: int = Field(64, ge=1, description="requests running at once before latency is measured "
+                                         "(64: one full micro-batch of one-text requests)")
     admission_min_limit: int = Field(2, ge=1, description="the adaptive limit never goes below this")
     admission_max_limit: int = Field(64, ge=1, description="the adaptive limit never goes above this")
     admission_tolerance: float = Field(3.0, gt=1.0, description="the limit shrinks when admitted requests take "

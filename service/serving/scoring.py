@@ -24,9 +24,11 @@ from service.settings import Settings
 
 
 def _text_score(s: ScoredText, details: bool) -> TextScore:
-    tokens = [TokenScore(token=t.token, logprob=t.logprob, oov=t.oov) for t in s.tokens] if details else None
-    return TextScore(text=s.text, logprob=s.logprob, num_tokens=s.num_tokens, perplexity=s.perplexity,
-                     oov_count=s.oov_count, tokens=tokens)
+    """The engine's numbers are already of the schema's types: built without validating them again."""
+    tokens = [TokenScore.model_construct(token=t.token, logprob=t.logprob, oov=t.oov) for t in s.tokens] \
+        if details else None
+    return TextScore.model_construct(text=s.text, logprob=s.logprob, num_tokens=s.num_tokens,
+                                     perplexity=s.perplexity, oov_count=s.oov_count, tokens=tokens)
 
 
 def _scoring_fields(scores: list[ScoredText], cache: bool = False) -> dict:
@@ -48,10 +50,11 @@ class ScoringService:
         context = engine.resolve_context(body.context)
         if body.cache:  # one document: its texts are not merged with other requests'
             scores = await run_in_threadpool(engine.score, body.texts, add_eos=body.add_eos, context=context,
-                                             cache=True, oov_convention=body.oov_convention)
+                                             cache=True, oov_convention=body.oov_convention, details=body.details)
         else:
             scores = engine.with_oov_convention(
-                await self.batcher.score(engine, body.texts, add_eos=body.add_eos, context=context),
+                await self.batcher.score(engine, body.texts, add_eos=body.add_eos, context=context,
+                                         details=body.details),
                 body.oov_convention)
         metrics.TOKENS_SCORED.labels(engine.name).inc(sum(s.num_tokens for s in scores))
         return ScoreResponse(model=engine.name, results=[_text_score(s, body.details) for s in scores],
@@ -68,8 +71,8 @@ class ScoringService:
             corpus = await self.batcher.perplexity(engine, body.texts, context=context)
             corpus = corpus_score(engine.with_oov_convention(corpus.results, body.oov_convention))
         metrics.TOKENS_SCORED.labels(engine.name).inc(corpus.num_tokens)
-        results = [PerplexityResult(text=s.text, perplexity=s.perplexity, num_tokens=s.num_tokens,
-                                    logprob=s.logprob, oov_count=s.oov_count) for s in corpus.results]
+        results = [PerplexityResult.model_construct(text=s.text, perplexity=s.perplexity, num_tokens=s.num_tokens,
+                                                    logprob=s.logprob, oov_count=s.oov_count) for s in corpus.results]
         return PerplexityResponse(model=engine.name, perplexity=corpus.perplexity, num_tokens=corpus.num_tokens,
                                   nll=corpus.nll, results=results, **context_fields(context),
                                   **_scoring_fields(corpus.results, body.cache))
@@ -81,7 +84,8 @@ class ScoringService:
         ranked = await self.batcher.rank(engine, body.candidates, context=context)
         ranked = rank_scores(engine.with_oov_convention(ranked, body.oov_convention))
         metrics.TOKENS_SCORED.labels(engine.name).inc(sum(s.num_tokens for s in ranked))
-        results = [RankResult(rank=i, text=s.text, logprob=s.logprob, num_tokens=s.num_tokens,
-                              perplexity=s.perplexity, oov_count=s.oov_count) for i, s in enumerate(ranked, start=1)]
+        results = [RankResult.model_construct(rank=i, text=s.text, logprob=s.logprob, num_tokens=s.num_tokens,
+                                              perplexity=s.perplexity, oov_count=s.oov_count)
+                   for i, s in enumerate(ranked, start=1)]
         return RankResponse(model=engine.name, results=results, **context_fields(context),
                             **_scoring_fields(ranked))
