@@ -18,7 +18,7 @@ from models import oov
 from models.checkpoint import LoadedModel
 from models.device import DeviceError, ServeDtype, model_device, place_model, resolve_device, serve_dtype
 from models.errors import InputError
-from models.neural_cache import CacheParams, TypedMemory, document_log_probs, next_word_log_probs
+from models.neural_cache import CacheParams, TypedMemory, document_log_probs, next_word_probs
 from models.quantize import quantize_int8
 from models.rnnlm import State
 from models.state_cache import Listener, StateCache
@@ -427,7 +427,7 @@ class Engine:
             feats, words = self._typed.features(self.model, context.key, ids, self.vocab.eos,
                                                 context.vector if context.used else None)
             logp = self.model.log_probs(feats[-1:], context.words if context.used else None)[0]
-            probs = next_word_log_probs(logp, feats, words, self.cache_params).exp()
+            probs = next_word_probs(logp, feats, words, self.cache_params)
         else:
             feat, _ = self._prefix_state(ids, context)
             probs = self.model.log_probs(feat, context.words if context.used else None)[0].exp()

@@ -100,17 +100,16 @@ def document_log_probs(feats: Tensor, targets: Tensor, model_lp: Tensor, params:
     return mix(model_lp, cache_log_probs(feats.float(), targets, params), params.lam)
 
 
-def next_word_log_probs(log_probs: Tensor, feats: Tensor, words: Tensor, params: CacheParams) -> Tensor:
-    """The full next-word log-distribution ([V]) mixed with the cache of a typed text: `feats` are the
-    features of the text's positions ([T + 1, D], the last one predicts the next word) and `words`
-    the T words that followed the first T of them."""
+def next_word_probs(log_probs: Tensor, feats: Tensor, words: Tensor, params: CacheParams) -> Tensor:
+    """The full next-word distribution ([V], probabilities) mixed with the cache of a typed text: `feats`
+    are the features of the text's positions ([T + 1, D], the last one predicts the next word) and
+    `words` the T words that followed the first T of them. Two passes over V: exp and the mixture's scale."""
+    probs = log_probs.exp()
     keys = feats[:-1][-params.window:]
     if keys.shape[0] == 0:
-        return log_probs
-    followers = words[-keys.shape[0]:]
-    logits = params.theta * (keys @ feats[-1])
-    cache = torch.zeros_like(log_probs).index_add_(0, followers, torch.softmax(logits, 0).to(log_probs.dtype))
-    return torch.log((1 - params.lam) * log_probs.exp() + params.lam * cache)
+        return probs
+    weights = torch.softmax(params.theta * (keys @ feats[-1]), 0).to(probs.dtype) * params.lam
+    return probs.mul_(1 - params.lam).index_add_(0, words[-keys.shape[0]:], weights)
 
 
 # ---- whole streams (rnnlm eval --cache, fit-cache, the bench) --------------------------------------

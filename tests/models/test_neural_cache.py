@@ -22,6 +22,7 @@ from models.neural_cache import (
     cache_log_probs,
     document_log_probs,
     fit_cache,
+    next_word_probs,
     stream_features,
     write_cache_block,
 )
@@ -56,6 +57,21 @@ def test_cache_term_matches_a_plain_loop() -> None:
     assert mixed[0] == model_lp[0]  # nothing cached yet: the model alone
     expected = [math.log(0.8 / 12 + 0.2 * math.exp(c)) for c in want[1:]]
     assert mixed[1:].tolist() == pytest.approx(expected, abs=1e-5)
+
+
+def test_next_word_mixture_matches_a_plain_loop() -> None:
+    torch.manual_seed(0)
+    feats, words = torch.randn(9, 4), torch.tensor([3, 1, 3, 0, 5, 1, 3, 2])
+    log_probs = torch.log_softmax(torch.randn(6), 0)
+    for p in (CacheParams(0.7, 0.2, 100), CacheParams(1.3, 0.4, 3)):
+        keys = range(max(0, 8 - p.window), 8)
+        w = {i: math.exp(p.theta * float(feats[8] @ feats[i])) for i in keys}
+        want = [(1 - p.lam) * math.exp(lp) + p.lam * sum(v for i, v in w.items() if words[i] == word) / sum(w.values())
+                for word, lp in enumerate(log_probs.tolist())]
+        got = next_word_probs(log_probs, feats, words, p)
+        assert got.tolist() == pytest.approx(want, abs=1e-6) and float(got.sum()) == pytest.approx(1.0, abs=1e-6)
+    # nothing typed yet: the model's distribution alone
+    assert torch.allclose(next_word_probs(log_probs, feats[:1], words[:0], p), log_probs.exp())
 
 
 def test_bad_parameters_are_refused() -> None:
