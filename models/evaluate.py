@@ -12,6 +12,7 @@ from torch import Tensor
 
 from models.data import Stream
 from models.device import model_device
+from models.output import target_and_word_log_probs, topic_table, topic_target_log_probs
 from models.rnnlm import RNNLM, detach_state
 
 
@@ -65,27 +66,17 @@ def _windows(model: RNNLM, stream: Stream, use_context: bool, rows: int,
         model.train(was_training)
 
 
-def topic_target_log_probs(model: RNNLM, feats: Tensor, targets: Tensor, titles: Tensor,
-                           title_words: list[list[int]]) -> Tensor:
-    """`target_log_probs` where each row has its own topic (an index into `title_words`)."""
-    out = feats.new_empty(targets.shape)
-    for tid in titles.unique().tolist():
-        rows = (titles == tid).nonzero().squeeze(1)
-        words = model.context_words(title_words[tid])
-        out[rows] = model.target_log_probs(feats[rows], targets[rows], words=words)
-    return out
-
-
 @torch.inference_mode()
 def evaluate_stream(model: RNNLM, stream: Stream, use_context: bool = True, rows: int = 16,
                     window: int = 256) -> StreamScore:
     """NLL of every token; with context, each token is conditioned on its article's title."""
     t0 = time.perf_counter()
     use_context = use_context and model.config.context
+    table = topic_table(model, stream.title_words) if use_context and model.config.context_boost else None
     nll = 0.0
     for feats, targets, titles in _windows(model, stream, use_context, rows, window):
-        if use_context:
-            logp = topic_target_log_probs(model, feats, targets, titles, stream.title_words)
+        if table is not None:  # every title's rows in one pass
+            logp = topic_target_log_probs(model, feats, targets, titles, table)
         else:
             logp = model.target_log_probs(feats, targets)
         nll -= logp.double().sum().item()
@@ -104,22 +95,17 @@ def fit_context_boost(model: RNNLM, stream: Stream, rows: int = 16, window: int 
         raise ValueError("the context boost needs a model trained with context")
     hits, sums = [], []
     with torch.inference_mode():
+        table = topic_table(model, stream.title_words)
+        table_classes = torch.where(table.valid, model.word_classes(table.words), config.num_classes)
         for feats, targets, titles in _windows(model, stream, True, rows, window):
-            hit = torch.full_like(targets, -1)
-            mass = torch.zeros(len(targets), config.num_classes, dtype=torch.float64, device=targets.device)
-            for tid in titles.unique().tolist():
-                words = torch.tensor(stream.title_words[tid], dtype=torch.long, device=targets.device).unique()
-                if not words.numel():
-                    continue
-                at = (titles == tid).nonzero().squeeze(1)
-                classes = model.word_classes(words)
-                probs = model.word_log_probs(feats[at], words).exp().double()
-                mass[at] = mass[at].index_add(1, classes, probs)
-                found = targets[at, None] == words[None, :]
-                inside = found.any(1)
-                hit[at[inside]] = classes[found[inside].int().argmax(1)]
+            words, valid, classes = table.words[titles], table.valid[titles], table_classes[titles]  # [rows, K]
+            _, word_lp = target_and_word_log_probs(model, feats, targets, words)
+            mass = torch.zeros(len(targets), config.num_classes + 1, dtype=torch.float64, device=targets.device)
+            mass.scatter_add_(1, classes, word_lp.exp().double())  # padding lands in the extra last column
+            found = (targets[:, None] == words) & valid
+            hit = torch.where(found.any(1), classes.gather(1, found.int().argmax(1, keepdim=True)).squeeze(1), -1)
             hits.append(hit)
-            sums.append(mass)
+            sums.append(mass[:, :-1])
     hit, mass = torch.cat(hits).cpu().clone(), torch.cat(sums).cpu().clone()  # plain CPU tensors, for autograd
     boost = torch.zeros(config.num_classes, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([boost], max_iter=200, line_search_fn="strong_wolfe")

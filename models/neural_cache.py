@@ -28,7 +28,8 @@ from torch import Tensor
 from models.checkpoint import CONFIG, read_config
 from models.data import Stream
 from models.device import model_device
-from models.evaluate import StreamScore, topic_target_log_probs
+from models.evaluate import StreamScore
+from models.output import topic_table, topic_target_log_probs
 from models.rnnlm import RNNLM, State, detach_state
 
 # Positions per chunk of the cache's matmul (tuned so a [chunk, chunk + window] block stays a few MiB).
@@ -144,6 +145,7 @@ def stream_features(model: RNNLM, stream: Stream, use_context: bool = True, rows
     t = torch.cat([titles, titles.new_zeros(pad)]).view(rows, length)
     position = torch.arange(rows * length, device=device).view(rows, length)
     vectors = model.context_vector(*(v.to(device) for v in stream.title_table())) if use_context else None
+    table = topic_table(model, stream.title_words) if use_context and model.config.context_boost else None
     feats = torch.empty(n, model.config.emb if model.proj is not None else model.config.hidden, device=device)
     model_lp = torch.empty(n, dtype=torch.float64, device=device)
     state = None
@@ -154,8 +156,8 @@ def stream_features(model: RNNLM, stream: Stream, use_context: bool = True, rows
             state = detach_state(state)
             m = position[:, sl] < n
             f, tgt, pos = out[m], y[:, sl][m], position[:, sl][m]
-            if use_context:
-                lp = topic_target_log_probs(model, f, tgt, t[:, sl][m], stream.title_words)
+            if table is not None:  # every title's rows in one pass
+                lp = topic_target_log_probs(model, f, tgt, t[:, sl][m], table)
             else:
                 lp = model.target_log_probs(f, tgt)
             feats[pos], model_lp[pos] = f, lp.double()

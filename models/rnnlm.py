@@ -198,7 +198,7 @@ class RNNLM(nn.Module):
         """Each topic word's log-boost, by its frequency class."""
         return output.word_boost(self, words)
 
-    def word_log_probs(self, feats: Tensor, words: Tensor, chunk: int = output.WORD_CHUNK) -> Tensor:
+    def word_log_probs(self, feats: Tensor, words: Tensor, chunk: int | None = None) -> Tensor:
         """log p(w) for each feature row and each of a few words ([rows, K]), unboosted."""
         return output.word_log_probs(self, feats, words, chunk)
 
