@@ -3,11 +3,8 @@ lone surrogates through a real server."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,23 +14,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 TINY = dict(emb=32, hidden=32, layers=1, max_vocab=500, train_tokens=15000, valid_tokens=2000, batch_size=16,
             bptt=20, dropout=0.0, seed=1, patience=100)
-
-
-def rnnlm(*args: str) -> list[str]:
-    return [sys.executable, "-m", "service.cli", *args]
-
-
-def live_children(pid: int) -> list[int]:
-    """Child processes of `pid` that are alive (not zombies), from /proc."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(stat.parent.name))
-    return found
 
 
 def process_state(pid: int) -> str | None:
@@ -53,23 +33,13 @@ def metric(base: str, name: str) -> float | None:
 
 
 def test_killed_worker_is_reaped_restarted_reported_and_its_job_resumes(tmp_path, data_root, tiny_model,
-                                                                        proc_tools):
-    wait_for = proc_tools.wait_for
-    port = proc_tools.free_port()
-    checkpoints = tmp_path / "checkpoints"
-    checkpoints.mkdir()
-    shutil.copytree(tiny_model, checkpoints / "lstm")
-    log = tmp_path / "serve.log"
+                                                                        proc_tools, serve, processes):
+    wait_for, live_children = proc_tools.wait_for, processes.live_children
     # stale-after 600 s: the job can only come back this fast because the supervisor re-queues it
-    env = proc_tools.clean_env(OMP_NUM_THREADS="1", RNNLM_DATA_ROOTS=str(data_root), RNNLM_WORKER_POLL_INTERVAL_S="0.2",
-                               RNNLM_JOB_STALE_AFTER_S="600", RNNLM_WORKER_RESTART_BACKOFF_S="2")
-    with open(log, "w") as out:
-        proc = subprocess.Popen(rnnlm("serve", "--port", str(port), "--checkpoints", str(checkpoints),
-                                      "--jobs-db", str(tmp_path / "jobs.db"), "--with-worker", "--threads", "1"),
-                                env=env, stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        proc_tools.wait_ready(f"{base}/ready", proc, log, "rnnlm serve", timeout_s=90)
+    env = dict(OMP_NUM_THREADS="1", RNNLM_DATA_ROOTS=str(data_root), RNNLM_WORKER_POLL_INTERVAL_S="0.2",
+               RNNLM_JOB_STALE_AFTER_S="600", RNNLM_WORKER_RESTART_BACKOFF_S="2")
+    with serve(tmp_path, "--with-worker", model=tiny_model, env=env, stop_timeout_s=60) as server:
+        base, proc, log = server.url, server.proc, server.log
         ready = httpx.get(f"{base}/ready").json()
         assert ready["worker"]["status"] == "running" and ready["worker"]["restarts"] == 0
         assert metric(base, "rnnlm_worker_up") == 1.0
@@ -106,8 +76,6 @@ def test_killed_worker_is_reaped_restarted_reported_and_its_job_resumes(tmp_path
         assert job["attempts"] == 2 and job["worker_id"] != first_worker_id
         assert job["progress"]["resumed_from_epoch"] >= 1  # resumed, not started over
         assert job["result"]["epochs_run"] == epochs
-    finally:
-        proc_tools.stop(proc, timeout_s=60)
     assert proc.returncode in (0, -signal.SIGTERM), log.read_text()
     assert "killed by SIGKILL; restarting it in 2.0 s" in log.read_text()
     assert live_children(proc.pid) == []
@@ -115,23 +83,10 @@ def test_killed_worker_is_reaped_restarted_reported_and_its_job_resumes(tmp_path
 
 # ---- a real server: bytes no client library would send ---------------------------------------
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_model: Path, proc_tools) -> Iterator[str]:
+def server(tmp_path_factory, tiny_model: Path, serve) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("faults")
-    checkpoints = tmp / "checkpoints"
-    checkpoints.mkdir()
-    shutil.copytree(tiny_model, checkpoints / "lstm")
-    port, log = proc_tools.free_port(), tmp / "serve.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(rnnlm("serve", "--port", str(port), "--checkpoints", str(checkpoints),
-                                      "--jobs-db", str(tmp / "jobs.db"), "--threads", "1"),
-                                env=proc_tools.clean_env(RNNLM_DATA_ROOTS=str(tmp)), stdout=out,
-                                stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        proc_tools.wait_ready(f"{url}/ready", proc, log, "rnnlm serve", timeout_s=90)
-        yield url
-    finally:
-        proc_tools.stop(proc)
+    with serve(tmp, model=tiny_model, env={"RNNLM_DATA_ROOTS": str(tmp)}) as running:
+        yield running.url
 
 
 def raw(url: str, request: bytes) -> bytes:

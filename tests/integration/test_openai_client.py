@@ -2,9 +2,6 @@
 greedy generation, streaming, n, stop), typed errors, models.list()."""
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,28 +10,14 @@ import pytest
 
 from rnnlm_client import Client
 
-REPO = Path(__file__).resolve().parents[2]
 SENTENCE = "The game was released in Japan in 2011 ."
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, proc_tools) -> Iterator[tuple[str, Path]]:
+def served(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, serve) -> Iterator[tuple[str, Path]]:
     """The server's URL and its log file."""
-    tmp = tmp_path_factory.mktemp("openai-server")
-    checkpoints = tmp / "checkpoints"
-    checkpoints.mkdir()
-    shutil.copytree(tiny_model, checkpoints / "lstm")
-    port, log = proc_tools.free_port(), tmp / "serve.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port),
-                                 "--checkpoints", str(checkpoints), "--threads", "1"],
-                                cwd=REPO, env=proc_tools.clean_env(), stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        proc_tools.wait_ready(f"{url}/ready", proc, log, "rnnlm serve", timeout_s=90)
-        yield url, log
-    finally:
-        proc_tools.stop(proc)
+    with serve(tmp_path_factory.mktemp("openai-server"), model=tiny_model) as running:
+        yield running.url, running.log
 
 
 @pytest.fixture(scope="module")

@@ -2,10 +2,8 @@
 real HTTP, metrics."""
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,24 +16,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def server(tmp_path: Path, tiny_model: Path, proc_tools) -> Iterator[str]:
-    checkpoints = tmp_path / "checkpoints"
-    checkpoints.mkdir()
-    shutil.copytree(tiny_model, checkpoints / "lstm")
-    port, log = proc_tools.free_port(), tmp_path / "serve.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port),
-                                 "--checkpoints", str(checkpoints), "--threads", "1"],
-                                cwd=REPO, env=proc_tools.clean_env(), stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        proc_tools.wait_ready(f"{url}/ready", proc, log, "rnnlm serve", timeout_s=90)
-        yield url
-    finally:
-        proc_tools.stop(proc)
+def server(tmp_path: Path, tiny_model: Path, serve) -> Iterator[str]:
+    with serve(tmp_path, model=tiny_model) as running:
+        yield running.url
     # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status reports the signal.
-    assert proc.returncode in (0, -signal.SIGTERM), log.read_text()
-    assert "Application shutdown complete" in log.read_text()
+    assert running.proc.returncode in (0, -signal.SIGTERM), running.log.read_text()
+    assert "Application shutdown complete" in running.log.read_text()
 
 
 def test_real_server(server: str) -> None:
@@ -76,9 +62,9 @@ def test_real_server(server: str) -> None:
         assert requests[("/ready", "200")] >= 1
 
 
-def test_public_address_needs_a_key(proc_tools) -> None:
-    proc = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--host", "0.0.0.0", "--port", "1"],
-                          cwd=REPO, env=proc_tools.clean_env(), capture_output=True, text=True, timeout=120)
+def test_public_address_needs_a_key(proc_tools, processes) -> None:
+    proc = subprocess.run(processes.rnnlm("serve", "--host", "0.0.0.0", "--port", "1"), cwd=REPO,
+                          env=proc_tools.clean_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,45 +15,19 @@ TINY = dict(emb=16, hidden=16, layers=1, epochs=2, max_vocab=500, train_tokens=5
             batch_size=16, bptt=20, dropout=0.0, seed=1)
 
 
+def env(tools) -> dict[str, str]:
+    """The worker's environment: none of our RNNLM_* settings, one thread."""
+    return tools.clean_env(OMP_NUM_THREADS="1")
 
 
-def env(tools, **settings: str) -> dict[str, str]:
-    """The child's environment: none of our RNNLM_* settings, only `settings` (as RNNLM_KEY)."""
-    return tools.clean_env(OMP_NUM_THREADS="1", **{f"RNNLM_{k.upper()}": v for k, v in settings.items()})
-
-
-def rnnlm(*args: str) -> list[str]:
-    return [sys.executable, "-m", "service.cli", *args]
-
-
-def children(pid: int) -> list[int]:
-    """Live child processes of `pid` (Linux /proc)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(stat.parent.name))
-    return found
-
-
-def test_serve_with_worker_trains_and_serves_a_new_model(tmp_path, data_root, proc_tools):
-    port, metrics_port = proc_tools.free_port(), proc_tools.free_port()
+def test_serve_with_worker_trains_and_serves_a_new_model(tmp_path, data_root, proc_tools, serve, processes):
+    metrics_port = proc_tools.free_port()
     wait_for = proc_tools.wait_for
-    checkpoints = tmp_path / "checkpoints"
-    checkpoints.mkdir()
-    log = tmp_path / "serve.log"
-    proc_env = env(proc_tools, data_roots=str(data_root), reload_interval_s="0.5", worker_poll_interval_s="0.2",
-                   worker_metrics_port=str(metrics_port))
-    with open(log, "w") as out:
-        proc = subprocess.Popen(rnnlm("serve", "--port", str(port), "--checkpoints", str(checkpoints),
-                                      "--jobs-db", str(tmp_path / "jobs.db"), "--with-worker", "--threads", "1"),
-                                env=proc_env, stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: httpx.get(f"{base}/health").status_code == 200, 60, "the server", proc, log)
+    settings = dict(OMP_NUM_THREADS="1", RNNLM_DATA_ROOTS=str(data_root), RNNLM_RELOAD_INTERVAL_S="0.5",
+                    RNNLM_WORKER_POLL_INTERVAL_S="0.2", RNNLM_WORKER_METRICS_PORT=str(metrics_port))
+    # no model yet, so /ready says 503: wait for /health
+    with serve(tmp_path, "--with-worker", env=settings, wait="/health", stop_timeout_s=60) as server:
+        base, proc, log = server.url, server.proc, server.log
         body = {"type": "train", "name": "fresh", "data": str(data_root / "wt2-400"), **TINY}
         r = httpx.post(f"{base}/v1/jobs", json=body)
         assert r.status_code == 202, r.text
@@ -70,25 +43,24 @@ def test_serve_with_worker_trains_and_serves_a_new_model(tmp_path, data_root, pr
         assert 'rnnlm_worker_jobs_total{outcome="succeeded",type="train"} 1.0' in worker_metrics
         assert 'rnnlm_jobs{status="succeeded"} 1.0' in worker_metrics
         assert 'rnnlm_training_epoch{type="train"} 2.0' in worker_metrics
-        workers = children(proc.pid)
+        workers = processes.live_children(proc.pid)
         assert len(workers) == 1
-    finally:
-        proc_tools.stop(proc, timeout_s=60)
     # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status reports the signal
     assert proc.returncode in (0, -signal.SIGTERM), log.read_text()
     assert "stopping after the current step" in log.read_text()  # the worker got SIGTERM from the server
-    assert children(proc.pid) == [] and not Path(f"/proc/{workers[0]}").exists()  # the worker went with it
+    # the worker went with it
+    assert processes.live_children(proc.pid) == [] and not Path(f"/proc/{workers[0]}").exists()
 
 
-def test_sigkilled_worker_job_resumes_from_its_last_epoch(tmp_path, data_root, proc_tools):
+def test_sigkilled_worker_job_resumes_from_its_last_epoch(tmp_path, data_root, proc_tools, processes):
     wait_for = proc_tools.wait_for
     db, checkpoints = tmp_path / "jobs.db", tmp_path / "checkpoints"
     store = JobStore(db)
     epochs = 8
     job = store.submit("train", "phoenix", {"data": str(data_root / "wt2-400"), **TINY, "emb": 32, "hidden": 32,
                                             "train_tokens": 15000, "epochs": epochs, "patience": 100})
-    worker = rnnlm("worker", "--checkpoints", str(checkpoints), "--jobs-db", str(db), "--poll-interval", "0.1",
-                   "--stale-after", "1", "--threads", "1")
+    worker = processes.rnnlm("worker", "--checkpoints", str(checkpoints), "--jobs-db", str(db),
+                             "--poll-interval", "0.1", "--stale-after", "1", "--threads", "1")
     first_log = tmp_path / "first.log"
     with open(first_log, "w") as out:
         first = subprocess.Popen(worker, env=env(proc_tools), stdout=out, stderr=subprocess.STDOUT)

@@ -1,0 +1,82 @@
+"""What the real-process tests share: the `rnnlm` command line, a `rnnlm serve` on a free loopback port, and
+the live children of a process.
+
+`proc_tools` (free_port, clean_env, wait_for, wait_ready, stop) and `tiny_model` come from tests/conftest.py.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def rnnlm(*args: str) -> list[str]:
+    """The command line of `rnnlm ARGS` with this interpreter."""
+    return [sys.executable, "-m", "service.cli", *args]
+
+
+def live_children(pid: int) -> list[int]:
+    """Child processes of `pid` that are alive (not zombies), from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+@dataclass
+class Server:
+    """A running `rnnlm serve`: its base URL, process, log file and checkpoint folder."""
+    url: str
+    proc: subprocess.Popen
+    log: Path
+    checkpoints: Path
+
+
+@pytest.fixture(scope="session")
+def serve(proc_tools) -> Callable[..., AbstractContextManager[Server]]:
+    """`with serve(folder, *args, model=None, env=None, wait="/ready", stop_timeout_s=30) as server:` runs
+    `rnnlm serve` on a free loopback port with `folder/checkpoints` (holding a copy of `model` as `lstm`,
+    when given) and `folder/jobs.db`, its output in `folder/serve.log`; `env` are the only RNNLM_* settings
+    it gets. Waits until GET `wait` answers 200, and stops it (SIGTERM) on the way out."""
+
+    @contextmanager
+    def start(folder: Path, *args: str, model: Path | None = None, env: dict[str, str] | None = None,
+              wait: str = "/ready", stop_timeout_s: float = 30) -> Iterator[Server]:
+        checkpoints = folder / "checkpoints"
+        checkpoints.mkdir(exist_ok=True)
+        if model is not None:
+            shutil.copytree(model, checkpoints / "lstm")
+        port, log = proc_tools.free_port(), folder / "serve.log"
+        with open(log, "w") as out:
+            proc = subprocess.Popen(rnnlm("serve", "--port", str(port), "--checkpoints", str(checkpoints),
+                                          "--jobs-db", str(folder / "jobs.db"), "--threads", "1", *args),
+                                    cwd=REPO, env=proc_tools.clean_env(**(env or {})), stdout=out,
+                                    stderr=subprocess.STDOUT)
+        server = Server(f"http://127.0.0.1:{port}", proc, log, checkpoints)
+        try:
+            proc_tools.wait_ready(server.url + wait, proc, log, "rnnlm serve", timeout_s=90)
+            yield server
+        finally:
+            proc_tools.stop(proc, timeout_s=stop_timeout_s)
+
+    return start
+
+
+@pytest.fixture(scope="session")
+def processes() -> SimpleNamespace:
+    """`processes.rnnlm(*args)` (a command line) and `processes.live_children(pid)`."""
+    return SimpleNamespace(rnnlm=rnnlm, live_children=live_children)
