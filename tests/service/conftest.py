@@ -73,8 +73,6 @@ JOB_TINY = dict(emb=16, hidden=16, layers=1, epochs=2, max_vocab=500, train_toke
                 batch_size=16, bptt=20, dropout=0.0, seed=1)
 
 
-
-
 @pytest.fixture(scope="session")
 def job_teacher(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Path:
     """A model folder `teacher` trained for one tiny epoch (about a second)."""
@@ -102,3 +100,35 @@ def tiny_job(data_root: Path):
     def params(**overrides) -> dict:
         return {"data": str(data_root / "wt2-400"), **JOB_TINY, **overrides}
     return params
+
+
+@pytest.fixture
+def job_worker():
+    """`job_worker(settings, **options)` -> an in-process Worker on the settings' job store, checkpoints and
+    data roots, polling every 50 ms (run it with `.run(once=True)` or in a thread)."""
+    from service.jobs import JobStore
+    from service.worker import Worker
+
+    def make(settings: Settings, **options) -> Worker:
+        return Worker(JobStore(settings.jobs_db), settings.checkpoints, poll_interval_s=0.05,
+                      data_roots=settings.job_data_roots, **options)
+    return make
+
+
+# ---- the error shape -------------------------------------------------------------------------------
+def _assert_error(response: httpx.Response, status: int, param: str | None = None, type_: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"type", "message", "param"} and error["message"]
+    if param is not None:
+        assert error["param"] == param, error
+    if type_ is not None:
+        assert error["type"] == type_, error
+    return error
+
+
+@pytest.fixture(scope="session")
+def assert_error():
+    """`assert_error(response, status, param=None, type_=None)` -> the response's error object, once its
+    status and its shape {"type", "message", "param"} (and the param and type, when given) are checked."""
+    return _assert_error

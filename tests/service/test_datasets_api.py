@@ -9,26 +9,13 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from service.app import create_app
-from service.jobs import JobStore
 from service.settings import Settings
-from service.worker import Worker
 
 KEY = "upload-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 # A user's domain: product names the WikiText models never saw, in plain sentences.
 PRODUCT_LINES = [f"The {name} ships with a {part} and a two year warranty." for name, part in
                  (("Zorbex", "charger"), ("Quillon", "stand"), ("Zorbex", "cable"), ("Vantrel", "case"))] * 10
-
-
-def assert_error(response, status: int, param: str | None = None, type_: str | None = None) -> dict:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"type", "message", "param"} and error["message"]
-    if param is not None:
-        assert error["param"] == param, error
-    if type_ is not None:
-        assert error["type"] == type_, error
-    return error
 
 
 @pytest.fixture
@@ -57,7 +44,7 @@ def upload(api: TestClient, name: str, text: str | bytes, **params) -> dict:
     return r.json()
 
 
-def test_upload_normalises_splits_and_counts(api, upload_settings, wikitext2):
+def test_upload_normalises_splits_and_counts(api, upload_settings, wikitext2, assert_error):
     raw = "\n".join(f"Line {i}: the product's price was $3,000 (state-of-the-art)." for i in range(50)) + "\n\n"
     info = upload(api, "prices", raw, valid=0.2, test=0.1, seed=3)
     assert info["name"] == "prices" and info["model"] == "teacher" and info["style"] == "wikitext"
@@ -90,7 +77,7 @@ def test_upload_normalises_splits_and_counts(api, upload_settings, wikitext2):
     assert leftovers(upload_settings) == ["prices"]
 
 
-def test_multipart_upload_of_one_file_or_of_the_splits(api, upload_settings):
+def test_multipart_upload_of_one_file_or_of_the_splits(api, upload_settings, assert_error):
     text = "\n".join(PRODUCT_LINES)
     r = api.post("/v1/datasets", params={"name": "products", "model": "teacher"}, headers=AUTH,
                  files={"file": ("products.txt", text.encode(), "text/plain")})
@@ -113,14 +100,14 @@ def test_multipart_upload_of_one_file_or_of_the_splits(api, upload_settings):
     (b"   \n\n\t\n", "empty"),
     ("Caf\u00e9 cr\u00e8me br\u00fbl\u00e9e\n".encode("latin-1") * 5, "UTF-8"),
 ])
-def test_bad_text_is_refused_and_leaves_nothing(api, upload_settings, body, what):
+def test_bad_text_is_refused_and_leaves_nothing(api, upload_settings, body, what, assert_error):
     error = assert_error(api.post("/v1/datasets", params={"name": "bad"}, content=body,
                                   headers={**AUTH, "Content-Type": "text/plain"}), 400, "file")
     assert what in error["message"]
     assert leftovers(upload_settings) == []
 
 
-def test_bad_requests_are_refused_and_leave_nothing(api, upload_settings):
+def test_bad_requests_are_refused_and_leave_nothing(api, upload_settings, assert_error):
     good = "\n".join(PRODUCT_LINES).encode()
     post = lambda body=good, headers=None, **params: api.post(  # noqa: E731
         "/v1/datasets", params=params, content=body, headers={**AUTH, "Content-Type": "text/plain", **(headers or {})})
@@ -140,13 +127,14 @@ def test_bad_requests_are_refused_and_leave_nothing(api, upload_settings):
     assert_error(api.get("/v1/datasets/..%2Fx", headers=AUTH), 404)
 
 
-def test_uploads_are_off_without_a_datasets_dir(job_settings):
+def test_uploads_are_off_without_a_datasets_dir(job_settings, assert_error):
     with TestClient(create_app(job_settings)) as client:
         assert_error(client.post("/v1/datasets", params={"name": "x"}, content=b"text\n"), 400)
         assert client.get("/v1/datasets").json()["data"] == []
 
 
-def test_a_job_names_a_dataset_and_an_adapt_job_extends_the_vocabulary(api, upload_settings, wikitext2, wait_for):
+def test_a_job_names_a_dataset_and_an_adapt_job_extends_the_vocabulary(api, upload_settings, wikitext2, wait_for,
+                                                                       assert_error, job_worker):
     lines = (wikitext2 / "train.txt").read_text(encoding="utf-8").splitlines()[:300]
     upload(api, "mine", "\n".join(lines + PRODUCT_LINES * 2), seed=1)
     body = dict(type="train", name="adapted", init="teacher", dataset="mine", preset="adapt", extend_vocab=40,
@@ -161,9 +149,7 @@ def test_a_job_names_a_dataset_and_an_adapt_job_extends_the_vocabulary(api, uplo
     assert params["dataset"] == "mine" and params["data"].endswith("/mine")
     assert params["lr"] == 5e-4 and params["patience"] == 1 and params["epochs"] == 1  # preset, but epochs given
 
-    worker = Worker(JobStore(upload_settings.jobs_db), upload_settings.checkpoints, poll_interval_s=0.05,
-                    data_roots=upload_settings.job_data_roots)
-    assert worker.run(once=True) == 1
+    assert job_worker(upload_settings).run(once=True) == 1
     done = api.get(f"/v1/jobs/{r.json()['id']}", headers=AUTH).json()
     assert done["status"] == "succeeded", done["error"]
     wait_for(lambda: "adapted" in [m["id"] for m in api.get("/v1/models").json()["data"]], what="adapted served")

@@ -51,6 +51,15 @@ def test_the_location_picks_the_backend(location):
     assert store.exists()
 
 
+def test_a_sqlite_store_is_wal_and_made_with_its_folder(tmp_path):
+    store = JobStore(tmp_path / "sub" / "jobs.db")
+    assert not store.exists()  # constructing a store (as create_app does) creates nothing
+    store.submit("train", "m", {"data": "x"})
+    assert store.exists()
+    with sqlite3.connect(tmp_path / "sub" / "jobs.db") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
 @pytest.mark.parametrize("text, expected", [
     ("jobs.db", ("sqlite", "jobs.db")),
     ("/var/lib/rnnlm/jobs.db", ("sqlite", "/var/lib/rnnlm/jobs.db")),
@@ -100,6 +109,8 @@ def test_one_active_job_per_model_name(store):
     first = store.submit("train", "m", {})
     with pytest.raises(JobConflict, match=first.id):
         store.submit("train", "m", {})
+    with pytest.raises(JobConflict, match=first.id):
+        store.submit("distill", "m", {})
     store.cancel(first.id)
     assert store.submit("train", "m", {}).status == "queued"  # a finished job no longer blocks the name
 
@@ -220,6 +231,9 @@ def test_a_stale_job_is_requeued_and_its_old_worker_fenced_off(location):
     assert not store.finish(job.id, "dead", "succeeded")  # ... and cannot record an outcome
     assert not store.set_run_dir(job.id, "dead", "/elsewhere")
     assert store.get(job.id).worker_id == "alive"
+    assert store.heartbeat(job.id, "alive").owned  # the new owner carries on and records the outcome
+    assert store.finish(job.id, "alive", "succeeded", result={"model": "m"})
+    assert store.get(job.id).status == "succeeded"
 
 
 def test_stale_jobs_are_recovered_once_however_many_workers_look(location):
@@ -267,6 +281,12 @@ def test_a_stale_job_asked_to_cancel_is_cancelled(location):
     time.sleep(0.2)
     assert store.recover_stale() == [job.id]
     assert store.get(job.id).status == "cancelled"
+    again = store.submit("train", "m", {})  # found by a worker's claim instead: cancelled, not handed out
+    store.claim("dead")
+    store.cancel(again.id)
+    time.sleep(0.2)
+    assert store.claim("w2") is None
+    assert store.get(again.id).status == "cancelled"
 
 
 def test_a_dead_workers_jobs_are_requeued_at_once(store):

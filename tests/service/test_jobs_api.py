@@ -10,23 +10,10 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from service.app import create_app
-from service.jobs import JobStore
 from service.settings import Settings
 from service.worker import Worker
 
 KEY = "s3cret-key"
-
-
-
-def assert_error(response, status: int, param: str | None = None, type_: str | None = None) -> dict:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"type", "message", "param"} and error["message"]
-    if param is not None:
-        assert error["param"] == param, error
-    if type_ is not None:
-        assert error["type"] == type_, error
-    return error
 
 
 @pytest.fixture
@@ -36,8 +23,8 @@ def api(job_settings: Settings):
 
 
 @pytest.fixture
-def worker(job_settings: Settings) -> Worker:
-    return Worker(JobStore(job_settings.jobs_db), job_settings.checkpoints, poll_interval_s=0.05)
+def worker(job_settings: Settings, job_worker) -> Worker:
+    return job_worker(job_settings)
 
 
 def submit(api: TestClient, **body) -> str:
@@ -81,7 +68,7 @@ def test_distill_job_from_a_served_teacher(api, worker, tiny_job, wait_for):
     assert card["provenance"]["distillation"]["alpha"] == 0.7
 
 
-def test_cancel_a_running_job(api, worker, tiny_job, job_settings, wait_for):
+def test_cancel_a_running_job(api, worker, tiny_job, job_settings, wait_for, assert_error):
     job_id = submit(api, type="train", name="endless", **tiny_job(epochs=1000, patience=1000))
     thread = threading.Thread(target=worker.run)
     thread.start()
@@ -100,7 +87,7 @@ def test_cancel_a_running_job(api, worker, tiny_job, job_settings, wait_for):
     assert_error(api.post(f"/v1/jobs/{job_id}/cancel"), 409, type_="conflict")
 
 
-def test_cancel_queued_list_and_lookup(api, tiny_job):
+def test_cancel_queued_list_and_lookup(api, tiny_job, assert_error):
     first = submit(api, type="train", name="one", **tiny_job())
     second = submit(api, type="train", name="two", **tiny_job())
     r = api.post(f"/v1/jobs/{first}/cancel")
@@ -144,7 +131,7 @@ def strict_api(job_settings: Settings, roots):
 
 
 @pytest.mark.parametrize("where", ["outside", "dotdot", "symlink", "absolute"])
-def test_data_outside_the_roots_is_refused_unread(strict_api, roots, tiny_job, where, monkeypatch):
+def test_data_outside_the_roots_is_refused_unread(strict_api, roots, tiny_job, where, monkeypatch, assert_error):
     data = {"outside": str(roots["outside"]), "dotdot": f"{roots['root']}/../outside",
             "symlink": str(roots["root"] / "link"), "absolute": "/etc"}[where]
 
@@ -158,7 +145,7 @@ def test_data_outside_the_roots_is_refused_unread(strict_api, roots, tiny_job, w
 
 
 @pytest.mark.parametrize("folder, fragment", [("missing", "no such corpus folder"), ("empty", "has no train.txt")])
-def test_data_folder_must_hold_a_corpus(strict_api, roots, tiny_job, folder, fragment):
+def test_data_folder_must_hold_a_corpus(strict_api, roots, tiny_job, folder, fragment, assert_error):
     body = {**tiny_job(), "type": "train", "name": "x", "data": str(roots["root"] / folder)}
     assert fragment in assert_error(strict_api.post("/v1/jobs", json=body), 400, param="data")["message"]
 
@@ -171,18 +158,18 @@ def test_symlink_within_a_root_is_fine(strict_api, roots, tiny_job):
     assert job["params"]["data"] == str((roots["root"] / "corpus").resolve())  # the worker gets the real path
 
 
-def test_no_data_roots_no_jobs(job_settings, tiny_job):
+def test_no_data_roots_no_jobs(job_settings, tiny_job, assert_error):
     with TestClient(create_app(job_settings.model_copy(update={"data_roots": []}))) as client:
         error = assert_error(client.post("/v1/jobs", json={"type": "train", "name": "x", **tiny_job()}), 400)
     assert "RNNLM_DATA_ROOTS" in error["message"]
 
 
 @pytest.mark.parametrize("name", ["Bad Name", "-dash", "UPPER", "a" * 65, "../escape", ""])
-def test_bad_model_name(api, tiny_job, name):
+def test_bad_model_name(api, tiny_job, name, assert_error):
     assert_error(api.post("/v1/jobs", json={"type": "train", "name": name, **tiny_job()}), 422, param="name")
 
 
-def test_existing_model_needs_overwrite(api, tiny_job):
+def test_existing_model_needs_overwrite(api, tiny_job, assert_error):
     error = assert_error(api.post("/v1/jobs", json={"type": "train", "name": "teacher", **tiny_job()}), 409,
                          param="name")
     assert "overwrite" in error["message"]
@@ -192,11 +179,11 @@ def test_existing_model_needs_overwrite(api, tiny_job):
                  409, param="name")
 
 
-def test_alias_is_not_a_model_name(api, tiny_job):
+def test_alias_is_not_a_model_name(api, tiny_job, assert_error):
     assert_error(api.post("/v1/jobs", json={"type": "train", "name": "default", **tiny_job()}), 409, param="name")
 
 
-def test_distill_teacher_must_exist(api, tiny_job):
+def test_distill_teacher_must_exist(api, tiny_job, assert_error):
     body = {"type": "distill", "name": "pupil", **tiny_job(max_vocab=None)}
     error = assert_error(api.post("/v1/jobs", json={**body, "teacher": "ghost"}), 404, param="teacher")
     assert "ghost" in error["message"]
@@ -212,19 +199,19 @@ def test_distill_teacher_must_exist(api, tiny_job):
     ("teacher", "teacher"), ("alpha", 0.5), ("type", "finetune"), ("surprise", 1), ("optimizer", "rmsprop"),
     ("schedule", "linear"), ("average_from", 0),
 ])
-def test_out_of_range_parameters(api, tiny_job, field, value):
+def test_out_of_range_parameters(api, tiny_job, field, value, assert_error):
     body = {"type": "train", "name": "x", **tiny_job(), field: value}
     assert_error(api.post("/v1/jobs", json=body), 422, param=field)
     assert api.get("/v1/jobs").json()["data"] == []
 
 
-def test_malformed_body(api):
+def test_malformed_body(api, assert_error):
     assert_error(api.post("/v1/jobs", content=b"{not json", headers={"content-type": "application/json"}), 400)
     assert_error(api.post("/v1/jobs", json={"type": "train"}), 422)
 
 
 # ---- API key -----------------------------------------------------------------------------------
-def test_jobs_need_the_key_scoring_does_not(job_settings, tiny_job):
+def test_jobs_need_the_key_scoring_does_not(job_settings, tiny_job, assert_error):
     settings = job_settings.model_copy(update={"api_key": SecretStr(KEY)})
     body = {"type": "train", "name": "keyed", **tiny_job()}
     with TestClient(create_app(settings)) as client:
