@@ -196,6 +196,11 @@ class Routes:
         body = self._generate_body(prompt, params)
         return self._request(Call("POST", "/v1/generate", t.GenerateResponse.model_validate, body))
 
+    def _stream_call(self, prompt: str, params: dict[str, Any]) -> Call:
+        """The streamed generation's request: its chunks are read by the client's stream, not `_request`."""
+        return Call("POST", "/v1/generate", t.StreamChunk.model_validate,
+                    self._generate_body(prompt, params) | {"stream": True})
+
     def list_models(self):
         """GET /v1/models: every served model's card."""
         return self._request(Call("GET", "/v1/models", _list_of(t.ModelCard)))

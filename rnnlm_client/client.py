@@ -137,8 +137,7 @@ class Client(_ClientBase):
 
     def stream_generate(self, prompt: str = "", **params: Any) -> GenerationStream:
         _check_params(params)
-        call = Call("POST", "/v1/generate", t.StreamChunk.model_validate,
-                    self._generate_body(prompt, params) | {"stream": True})
+        call = self._stream_call(prompt, params)
         response = self._send(call, stream=True)
         if not response.is_success:
             response.read()
@@ -309,8 +308,7 @@ class AsyncClient(_ClientBase):
 
     async def stream_generate(self, prompt: str = "", **params: Any) -> AsyncGenerationStream:
         _check_params(params)
-        call = Call("POST", "/v1/generate", t.StreamChunk.model_validate,
-                    self._generate_body(prompt, params) | {"stream": True})
+        call = self._stream_call(prompt, params)
         response = await self._send(call, stream=True)
         if not response.is_success:
             await response.aread()
