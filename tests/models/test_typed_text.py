@@ -97,3 +97,23 @@ def test_remembered_heads_stay_within_the_bound(wikitext2: Path) -> None:
         text += word + " "
         typed.ids(text)
     assert len(typed) == 1
+
+
+def test_next_word_typed_key_by_key_answers_as_a_fresh_engine(tiny_model: Path, wikitext2: Path) -> None:
+    """Through the engine: half-typed words, backspacing and punctuation, compared at every 7th key."""
+    from models.checkpoint import load_model
+    from models.engine import Engine
+
+    loaded = load_model(tiny_model)
+    typed = Engine(loaded)
+    words = [w for w in words_of(wikitext2, 400) if w != "="][100:190]
+    text = ""
+    for i, ch in enumerate(" ".join(words) + " "):
+        text = text[:-3] if i % 97 == 96 else text + ch  # now and then three keys back
+        context = "Tropical Storm" if i % 2 else None
+        got = typed.next_word(text, k=5, context=context)
+        if i % 7 == 0:
+            fresh = Engine(loaded, state_cache_bytes=0).next_word(text, k=5, context=context)
+            assert got.prefix == fresh.prefix
+            assert [p.word for p in got.predictions] == [p.word for p in fresh.predictions]
+            assert [p.prob for p in got.predictions] == pytest.approx([p.prob for p in fresh.predictions], abs=1e-5)
