@@ -16,6 +16,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -27,64 +28,90 @@ from models.checkpoint import load_model
 from models.data import encode_lines, read_lines
 from models.engine import Engine
 from models.evaluate import evaluate_stream
+from models.output import layer_pass, topic_table
 from models.rnnlm import RNNLM
 
 TARGET = 0.7
 
 
 def paired_seconds(plain: Callable[[], object], topic: Callable[[], object], repeat: int) -> tuple[float, float]:
-    """Median wall time of each function, calls interleaved (plain, topic, plain, ...) after a warm-up
-    of each, so a load change on the machine hits both sides alike."""
+    """Median CPU seconds of each function (this process's, so other work on the shared cores does not
+    count), calls interleaved (plain, topic, plain, ...) after a warm-up of each."""
     plain(), topic()
     times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeat):
         for func, out in ((plain, times[0]), (topic, times[1])):
-            start = time.perf_counter()
+            start = time.process_time()
             func()
-            out.append(time.perf_counter() - start)
+            out.append(time.process_time() - start)
     return statistics.median(times[0]), statistics.median(times[1])
 
 
-def linear_cost(layer: nn.Module) -> tuple[int, int]:
-    """(matmul FLOPs, exps) of one row through a Linear or an adaptive tail (proj -> out), normalised."""
-    linears = list(layer) if isinstance(layer, nn.Sequential) else [layer]
-    return sum(2 * m.in_features * m.out_features for m in linears), linears[-1].out_features
+@dataclass
+class Part:
+    """One part of the model a token goes through, per token: matmul FLOPs, exps, measured CPU seconds."""
+    name: str
+    flops: int
+    exps: int
+    seconds: float
 
 
-def arithmetic(model: RNNLM, targets: torch.Tensor, topic_words: torch.Tensor | None) -> tuple[int, int, int, int]:
-    """Matmul FLOPs and exps per token, (plain FLOPs, plain exps, topic FLOPs, topic exps): the recurrent
-    layers and the head for every token; a tail for its targets' share of the tokens, or with the topic
-    for the share of tokens whose target or topic word is in it (`topic_words`: [tokens, K], padded
-    with a head word)."""
-    rnn = sum(2 * p.shape[0] * p.shape[1] for name, p in model.rnn.named_parameters() if p.dim() == 2)
+def output_layer_parts(model: RNNLM, rows: int, repeat: int) -> list[Part]:
+    """The head and each tail (or the decoder), each timed on `rows` rows through the scoring pass
+    (matmul, then max, exp and sum over the layer's width)."""
+    torch.manual_seed(0)
+    x = torch.randn(rows, model.softmax.head.in_features if model.softmax is not None else model.decoder.in_features)
+    cols = torch.zeros(rows, 1, dtype=torch.long)
+    layers = ([("head", model.softmax.head)] + [(f"tail {c + 1}", t) for c, t in enumerate(model.softmax.tail)]
+              if model.softmax is not None else [("decoder", model.decoder)])
+    parts = []
+    for name, layer in layers:
+        linears = list(layer) if isinstance(layer, nn.Sequential) else [layer]
+        flops = sum(2 * m.in_features * m.out_features for m in linears)
+        t, _ = paired_seconds(partial(layer_pass, layer, x, cols), lambda: None, repeat)
+        parts.append(Part(name, flops, linears[-1].out_features, t / rows))
+    return parts
+
+
+def recurrent_part(model: RNNLM, repeat: int) -> Part:
+    """The embedding and recurrent layers on a 16 x 256 window, with a context vector per row."""
+    inputs = torch.randint(0, model.config.vocab_size, (16, 256))
+    context = model.context_vector(torch.tensor([1, 2]), torch.tensor([0])).expand(16, -1)
+    t, _ = paired_seconds(partial(model.features, inputs, None, context), lambda: None, repeat)
+    flops = sum(2 * p.numel() for p in model.rnn.parameters() if p.dim() == 2)
     if model.proj is not None:
-        rnn += 2 * model.proj.in_features * model.proj.out_features
+        flops += 2 * model.proj.in_features * model.proj.out_features
+    return Part("recurrent", flops, 0, t / inputs.numel())
+
+
+def shares(model: RNNLM, targets: torch.Tensor, topic_words: torch.Tensor | None) -> tuple[list[float], list[float]]:
+    """The share of tokens going through each part (recurrent, then output layers) without the topic
+    and with it: a tail runs for its targets' tokens, and with the topic also for every token whose
+    topic has a word in it (`topic_words`: [tokens, K], padded with a head word)."""
     if model.softmax is None:
-        flops, exps = linear_cost(model.decoder)
-        return rnn + flops, exps, rnn + flops, exps
-    sm, bounds = model.softmax, model.softmax.cutoffs
-    flops, exps = linear_cost(sm.head)
-    plain, topic = [rnn + flops, exps], [rnn + flops, exps]
+        return [1.0, 1.0], [1.0, 1.0]
+    plain, topic = [1.0, 1.0], [1.0, 1.0]
     target_class = model.word_classes(targets)
     word_class = model.word_classes(topic_words) if topic_words is not None else None
-    for c in range(1, len(bounds)):
-        flops, exps = linear_cost(sm.tail[c - 1])
-        alone = (target_class == c).float().mean().item()
-        both = alone if word_class is None else ((target_class == c) | (word_class == c).any(1)).float().mean().item()
-        plain[0] += alone * flops
-        plain[1] += alone * exps
-        topic[0] += both * flops
-        topic[1] += both * exps
-    return round(plain[0]), round(plain[1]), round(topic[0]), round(topic[1])
+    for c in range(1, len(model.softmax.cutoffs)):
+        alone = target_class == c
+        both = alone if word_class is None else alone | (word_class == c).any(1)
+        plain.append(alone.float().mean().item())
+        topic.append(both.float().mean().item())
+    return plain, topic
 
 
-def report(label: str, tokens: int, t_plain: float, t_topic: float, cost: tuple[int, int, int, int]) -> float:
-    plain_flops, plain_exps, topic_flops, topic_exps = cost
+def report(label: str, tokens: int, t_plain: float, t_topic: float, parts: list[Part],
+           share: tuple[list[float], list[float]]) -> None:
+    def per_token(attr: str, weights: list[float]) -> float:
+        return sum(w * getattr(p, attr) for w, p in zip(weights, parts))
+
+    flops, exps, times = ([per_token(a, w) for w in share] for a in ("flops", "exps", "seconds"))
     ratio = t_plain / t_topic
-    print(f"  {label:<38} {tokens / t_plain:9,.0f} {tokens / t_topic:9,.0f}   {ratio:5.2f}x  "
-          f"{'yes' if ratio >= TARGET else 'no ':>4}   {plain_flops / 1e6:5.2f} -> {topic_flops / 1e6:5.2f}"
-          f"   {plain_exps / 1e3:5.1f}k -> {topic_exps / 1e3:5.1f}k   {plain_flops / topic_flops:5.2f}x")
-    return ratio
+    print(f"  {label:<38} {tokens / t_plain:9,.0f} {tokens / t_topic:9,.0f}  {ratio:5.2f}x "
+          f"{'yes' if ratio >= TARGET else 'no':>4}   {flops[0] / 1e6:4.2f} -> {flops[1] / 1e6:4.2f}"
+          f"  {exps[0] / 1e3:5.1f}k -> {exps[1] / 1e3:5.1f}k   {flops[0] / flops[1]:5.2f}x"
+          f"  {times[0] / times[1]:5.2f}x")
 
 
 @torch.inference_mode()
@@ -102,42 +129,39 @@ def main() -> None:
     lines = read_lines(data / "test.txt")[: args.lines]
     sentences = test_sentences(data, args.sentences)
     topics = [t for t in args.topics.split("|") if t.strip()]
-    print(f"{args.threads} thread(s), torch {torch.__version__}; target: topic scoring >= {TARGET}x plain")
+    print(f"{args.threads} thread(s), torch {torch.__version__}; CPU time of this process; "
+          f"target: topic scoring >= {TARGET}x plain")
     print("columns: tokens/s without and with the topic, their ratio, target met; per token, matmul MFLOPs and "
-          "exps without -> with, and the arithmetic bound (FLOPs without / with)")
+          "exps without -> with; bounds (without / with): matmul FLOPs, and the per-part times measured below")
     for name in args.models.split(","):
         loaded = load_model(Path(args.checkpoints) / name)
         model, c = loaded.model.float().eval(), loaded.config
         if not (c.context and c.context_boost):
             print(f"\nmodel {name}: no title-word boost, nothing to measure")
             continue
+        parts = [recurrent_part(model, args.repeat)] + output_layer_parts(model, 4096, args.repeat)
         print(f"\nmodel {name}: {c.arch} {c.layers}x{c.hidden}, "
               f"{'adaptive softmax ' + str(c.cutoffs) if c.adaptive else 'full softmax'}, boost {c.context_boost}")
-        print(f"  {'':<38} {'plain':>9} {'topic':>9}   ratio  >=0.7   MFLOP/token       exps/token     bound")
+        print("  per token: " + ", ".join(f"{p.name} {p.flops / 1e6:.2f} MFLOP {p.exps / 1e3:.1f}k exps "
+                                           f"{p.seconds * 1e6:.1f} us" for p in parts))
+        print(f"  {'':<38} {'plain':>9} {'topic':>9}  ratio >=0.7  MFLOP/token    exps/token      "
+              f"FLOPs  times")
         # 1. whole-stream evaluation, titles per article
         stream = encode_lines(lines, loaded.tokenizer.vocab, titles=True)
         t_plain, t_topic = paired_seconds(partial(evaluate_stream, model, stream, use_context=False),
                                           partial(evaluate_stream, model, stream, use_context=True), args.repeat)
-        table = [model.context_words(w) for w in stream.title_words]
-        width = max((len(w) for w in table if w is not None), default=0)
-        padded = torch.zeros(len(table), max(width, 1), dtype=torch.long)
-        for i, w in enumerate(table):
-            if w is not None:
-                padded[i, :w.numel()] = w
-        cost = arithmetic(model, stream.ids, padded[stream.titles])
-        report(f"rnnlm eval, {len(lines)} lines ({len(stream):,} tokens)", len(stream), t_plain, t_topic, cost)
+        words = topic_table(model, stream.title_words).words[stream.titles]
+        report(f"rnnlm eval, {len(lines)} lines ({len(stream):,} tokens)", len(stream), t_plain, t_topic, parts,
+               shares(model, stream.ids, words))
         # 2. Engine.score, one topic for every sentence
         engine = Engine(loaded, state_cache_bytes=0)
-        ids = [i for s in sentences for i in engine.tokenizer.encode(s).ids + [engine.vocab.eos]]
-        tokens = len(ids)
+        ids = torch.tensor([i for s in sentences for i in engine.tokenizer.encode(s).ids + [engine.vocab.eos]])
         for topic in topics:
-            words = engine.resolve_context(topic).words
             t_plain, t_topic = paired_seconds(partial(engine.score, sentences),
                                               partial(engine.score, sentences, context=topic), args.repeat)
-            cost = arithmetic(model, torch.tensor(ids), words.repeat(tokens, 1) if words is not None else None)
-            classes = sorted(set(model.word_classes(words).tolist())) if words is not None else []
-            report(f"score, {topic!r} {classes}", tokens, t_plain, t_topic, cost)
-
+            words = topic_table(model, [engine.resolve_context(topic).words]).words.expand(len(ids), -1).contiguous()
+            classes = sorted(set(model.word_classes(words[0]).tolist()))
+            report(f"score, {topic!r} {classes}", len(ids), t_plain, t_topic, parts, shares(model, ids, words))
 
 if __name__ == "__main__":
     main()

@@ -19,6 +19,7 @@ from models.checkpoint import LoadedModel
 from models.device import DeviceError, ServeDtype, model_device, place_model, resolve_device, serve_dtype
 from models.errors import InputError
 from models.neural_cache import CacheParams, TypedMemory, document_log_probs, next_word_probs
+from models.output import TopicTable, topic_table, topic_target_log_probs
 from models.quantize import quantize_int8
 from models.rnnlm import State
 from models.state_cache import Listener, StateCache
@@ -132,6 +133,7 @@ class ResolvedContext:
     ids: tuple[int, ...] | None = None
     vector: Tensor | None = None        # [1, emb]
     words: Tensor | None = None
+    topic: TopicTable | None = None     # the words and their boosts, as scoring reads them
 
     @property
     def key(self) -> tuple[int, ...] | None:
@@ -230,7 +232,9 @@ class Engine:
         ids = tuple(self.tokenizer.encode(context).ids)
         on_device = torch.tensor(ids, dtype=torch.long, device=self.device)
         vector = self.model.context_vector(on_device, torch.zeros(1, dtype=torch.long, device=self.device))
-        return ResolvedContext(context, True, (), ids, vector, self.model.context_words(on_device))
+        words = self.model.context_words(on_device)
+        topic = topic_table(self.model, [words]) if words is not None else None
+        return ResolvedContext(context, True, (), ids, vector, words, topic)
 
     # ---- scoring -------------------------------------------------------------------------------
     def encode(self, text: TextArg, param: str = "prompt") -> Encoded:
@@ -333,6 +337,7 @@ class Engine:
         if tops is not None:
             tops[:] = [[] for _ in targets]
         words, vector = (context.words, context.vector) if context.used else (None, None)
+        topic = context.topic if context.used else None
         eos = self.vocab.eos
         start = 0
         while start < len(order):
@@ -360,8 +365,10 @@ class Engine:
                 itos = self.vocab.itos
                 best = [[(itos[j], v) for j, v in zip(row_ids, row_values)]
                         for row_ids, row_values in zip(ids.tolist(), values.tolist())]
+            elif topic is not None:  # every row has the request's one topic
+                logp = topic_target_log_probs(self.model, real, flat, torch.zeros_like(flat), topic).tolist()
             else:
-                logp = self.model.target_log_probs(real, flat, words=words).tolist()
+                logp = self.model.target_log_probs(real, flat).tolist()
             pos = 0
             for i, n in zip(batch, lens):
                 out[i] = logp[pos:pos + n]

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 # Logits per chunk: 1 MiB of floats, about one L2 cache (tuned with bench/scoring.py).
 CHUNK_ELEMENTS = 2**18
-MIN_CHUNK_ROWS = 32
+MIN_CHUNK_ROWS = 16
 LOG2E, LN2 = 1 / math.log(2), math.log(2)
 
 
@@ -136,7 +136,7 @@ class TopicTable:
 def topic_table(model: RNNLM, topics: Sequence[Sequence[int] | Tensor | None]) -> TopicTable:
     """The padded table of `topics` (each a topic's word ids, repeats allowed; None or empty: no
     topic), on the model's device, with the model's fitted boost (zeros when it has none)."""
-    device = next(model.parameters()).device
+    device = model.encoder.weight.device
     distinct = [torch.as_tensor([] if t is None else t, dtype=torch.long).cpu().unique() for t in topics]
     width = max((t.numel() for t in distinct), default=0)
     words = torch.zeros(len(distinct), width, dtype=torch.long)

@@ -3,7 +3,9 @@ import pytest
 import torch
 
 from models import output
+from models.checkpoint import load_model
 from models.data import Stream
+from models.engine import Engine
 from models.evaluate import evaluate_stream, fit_context_boost
 from models.quantize import quantize_int8
 from models.rnnlm import RNNLM, ModelConfig
@@ -150,3 +152,23 @@ def test_the_fitted_boost_minimises_the_evaluated_perplexity():
         for step in (-0.1, 0.1):
             m.config.context_boost = [b + step * (i == c) for i, b in enumerate(fitted)]
             assert evaluate_stream(m, data, rows=2, window=32).nll >= best - 1e-3
+
+
+def test_engine_scores_a_topic_like_its_full_distribution(tiny_model):
+    engine = Engine(load_model(tiny_model), state_cache_bytes=0)
+    m, itos = engine.model, engine.vocab.itos
+    m.config.context_boost = [1.0, 2.0, 3.0][: m.config.num_classes]
+    alpha = [i for i, w in enumerate(itos) if w.isalpha()]
+    chosen = [alpha[3], alpha[len(alpha) // 2], alpha[-1]]  # frequent, middling, rare
+    topic = " ".join(itos[i] for i in chosen)
+    texts = [[alpha[5], chosen[1], alpha[9], chosen[2]], [chosen[0], alpha[40]], [alpha[7]] * 9]
+    scored = engine.score(texts, context=topic)
+    context = engine.resolve_context(topic)
+    assert context.used and context.topic is not None
+    with torch.inference_mode():
+        for ids, result in zip(texts, scored):
+            inputs = torch.tensor([engine.vocab.eos] + ids)
+            feats, _ = m.features(inputs[None], None, context.vector)
+            full = m.log_probs(feats[0], context.words)
+            expected = full.gather(1, torch.tensor(ids + [engine.vocab.eos])[:, None]).squeeze(1)
+            assert [t.logprob for t in result.tokens] == pytest.approx(expected.tolist(), abs=1e-4)
