@@ -10,21 +10,25 @@ that the machine's load falls on all three alike:
   text every keystroke, as an independent request does
 
 and prints the median latency at ~10 and ~200 words, the ratios against the targets (<= 1.3x from 10
-to 200 words with a cache; the state cache >= 5x faster than none at 200 words), and where the time
-of a keystroke at 200 words goes.
+to 200 words with a cache; the state cache >= 5x faster than none at 200 words), and, with --profile,
+where the time of a keystroke at 200 words goes. With --http the same keystrokes are also sent as
+POST /v1/next-word to two `rnnlm serve` processes on loopback, one with the state cache and one with
+RNNLM_STATE_CACHE_MB=0 (one keep-alive connection each, the request's whole round trip timed).
 
-    python bench/typing_latency.py --checkpoints checkpoints --models lstm,student
+    python bench/typing_latency.py --checkpoints checkpoints --models lstm,student --http
 """
 from __future__ import annotations
 
+import asyncio
 import cProfile
+import json
 import pstats
 import re
 import statistics
 import time
 from pathlib import Path
 
-from benchlib import load_bench_model, model_parser
+from benchlib import Connection, load_bench_model, model_parser, request_bytes, serve
 
 from models.engine import Engine
 
@@ -49,6 +53,23 @@ def typed_prefixes(words: list[str], sessions: int, length: int) -> list[list[st
     return out
 
 
+def schedule(texts: list[list[str]], typists: int) -> list[tuple[str, int | None]]:
+    """(text, words typed, or None for a keystroke not measured) in the order they are sent.
+
+    `typists` people type in turn, one keystroke each per round; typist s starts s/typists of the way into
+    its first text (reached by one unmeasured request, as if typed before) and goes on into a second one, so
+    every round holds short and long texts alike and the machine's load falls on both evenly.
+    """
+    length = len(texts[0]) - 1
+    starts = [s * (length + 1) // typists for s in range(typists)]
+    out: list[tuple[str, int | None]] = [(texts[s][start - 1], None) for s, start in enumerate(starts) if start]
+    for r in range(length + 1):
+        for s, start in enumerate(starts):
+            n = start + r
+            out.append((texts[s][n], n) if n <= length else (texts[typists + s][n - length - 1], n - length - 1))
+    return out
+
+
 def profile_keystrokes(engine: Engine, texts: list[str], cache: bool, last: int = 20, top: int = 8) -> list[str]:
     """The functions taking most of the own time of the last `last` keystrokes of `texts`, typed in turn."""
     for text in texts[:-last]:
@@ -70,20 +91,56 @@ def median_ms(by_length: dict[int, list[float]], center: int) -> float:
                              for x in by_length.get(n, [])) * 1e3
 
 
+async def type_over_http(servers: dict[str, tuple[int, bool]], model: str,
+                         order: list[tuple[str, int | None]]) -> dict[str, dict[int, list[float]]]:
+    """Latency of each keystroke per configuration (name -> (port, neural cache)), in turn as in-process."""
+    connections = {name: Connection(port) for name, (port, _) in servers.items()}
+    lat: dict[str, dict[int, list[float]]] = {name: {} for name in servers}
+    try:
+        for text, n in order:
+            for name, (_, cache) in servers.items():
+                payload = request_bytes("/v1/next-word", {"model": model, "text": text, "k": 5, "cache": cache})
+                start = time.perf_counter()
+                status, _, body = await connections[name].call(payload)
+                if n is not None:
+                    lat[name].setdefault(n, []).append(time.perf_counter() - start)
+                if status != 200:
+                    raise RuntimeError(f"/v1/next-word answered {status}: {json.loads(body)}")
+    finally:
+        for connection in connections.values():
+            connection.close()
+    return lat
+
+
+def report(model: str, lat: dict[str, dict[int, list[float]]], words: int, where: str) -> None:
+    long_ = words - SPREAD
+    for config in lat:
+        short_ms, long_ms = median_ms(lat[config], SHORT), median_ms(lat[config], long_)
+        ratio = long_ms / short_ms
+        target = "" if config == "no cache" else (f"  (target <= {RATIO_TARGET}x: "
+                                                  f"{'met' if ratio <= RATIO_TARGET else 'MISSED'})")
+        print(f"{model:>8} {where:<7} {config:<13} {short_ms:6.2f} ms {long_ms:7.2f} ms {ratio:6.2f}x{target}")
+    speedup = median_ms(lat["no cache"], long_) / median_ms(lat["state cache"], long_)
+    print(f"{model:>8} {where:<7} at {words} words the state cache is {speedup:.1f}x faster than none "
+          f"(target >= {SPEEDUP_TARGET:.0f}x: {'met' if speedup >= SPEEDUP_TARGET else 'MISSED'})")
+
+
 def main() -> None:
     parser = model_parser(__doc__)
     parser.add_argument("--models", default="lstm", help="comma-separated models to measure")
-    parser.add_argument("--sessions", type=int, default=5, help="texts typed per model")
+    parser.add_argument("--typists", type=int, default=8, help="people typing in turn (each types 2 texts)")
     parser.add_argument("--words", type=int, default=200, help="words per text")
     parser.add_argument("--cache-mb", type=float, default=64, help="state cache size")
     parser.add_argument("--profile", action="store_true", help="also print where a keystroke at --words goes")
+    parser.add_argument("--http", action="store_true", help="also type through two `rnnlm serve` processes")
     args = parser.parse_args()
     words = test_words(args.data)
-    sessions = typed_prefixes(words, args.sessions, args.words)
-    long_ = args.words - SPREAD
-    print(f"typing {args.sessions} texts of WikiText-2 test word by word up to {args.words} words, "
-          f"{args.threads} thread(s); p50 over keystrokes at length +-{SPREAD}")
-    print(f"{'model':>8} {'cache':<13} {'p50 @' + str(SHORT):>9} {'p50 @' + str(args.words):>10} {'ratio':>7}")
+    sessions = typed_prefixes(words, 2 * args.typists, args.words)
+    order = schedule(sessions, args.typists)
+    print(f"{args.typists} people typing WikiText-2 test word by word in turn, each at a different length of "
+          f"0-{args.words} words; {args.threads} thread(s); p50 over the keystrokes at a length +-{SPREAD}")
+    print(f"{'model':>8} {'through':<7} {'cache':<13} {'p50 @' + str(SHORT):>9} {'p50 @' + str(args.words):>10} "
+          f"{'ratio':>7}")
     for name in args.models.split(","):
         args.model = name
         loaded = load_bench_model(args)
@@ -93,25 +150,21 @@ def main() -> None:
         if configs["neural cache"][0].cache_params is None:
             del configs["neural cache"]
         lat: dict[str, dict[int, list[float]]] = {c: {} for c in configs}
-        for texts in sessions:
-            for n, text in enumerate(texts):
-                for config, (engine, cache) in configs.items():
-                    start = time.perf_counter()
-                    engine.next_word(text, k=5, cache=cache)
+        for text, n in order:
+            for config, (engine, cache) in configs.items():
+                start = time.perf_counter()
+                engine.next_word(text, k=5, cache=cache)
+                if n is not None:
                     lat[config].setdefault(n, []).append(time.perf_counter() - start)
 
-        def p50(config: str, center: int, lat: dict = lat) -> float:
-            return median_ms(lat[config], center)
-
-        for config in configs:
-            ratio = p50(config, long_) / p50(config, SHORT)
-            target = "" if config == "no cache" else (f"  (target <= {RATIO_TARGET}x: "
-                                                      f"{'met' if ratio <= RATIO_TARGET else 'MISSED'})")
-            print(f"{name:>8} {config:<13} {p50(config, SHORT):6.2f} ms {p50(config, long_):7.2f} ms "
-                  f"{ratio:6.2f}x{target}")
-        speedup = p50("no cache", long_) / p50("state cache", long_)
-        print(f"{name:>8} at {args.words} words the state cache is {speedup:.1f}x faster than none "
-              f"(target >= {SPEEDUP_TARGET:.0f}x: {'met' if speedup >= SPEEDUP_TARGET else 'MISSED'})")
+        report(name, lat, args.words, "engine")
+        if args.http:
+            servers_env = {"RNNLM_MAX_TEXT_CHARS": "100000"}
+            with serve(args.checkpoints, name, args.threads, servers_env) as on, \
+                    serve(args.checkpoints, name, args.threads, {**servers_env, "RNNLM_STATE_CACHE_MB": "0"}) as off:
+                servers = {config: ((off if config == "no cache" else on).port, cache)
+                           for config, (_, cache) in configs.items()}
+                report(name, asyncio.run(type_over_http(servers, name, order)), args.words, "http")
         if args.profile:
             for config in ("neural cache", "state cache"):
                 if config in configs:
