@@ -1,7 +1,7 @@
 """What a topic (title context) costs: scoring speed with a topic against the same scoring without one.
 
 All figures come from this process, for each model, with one thread:
-1. whole-stream evaluation (`evaluate_stream`, as `rnnlm eval`) on the first N lines of WikiText-2 test,
+1. whole-stream evaluation (`evaluate_stream`, as `rnnlm eval`) on WikiText-2 test (or its first N lines),
    each token conditioned on its article's title, vs `--context none`: tokens/s and the ratio;
 2. `Engine.score` on WikiText-2 test sentences in one call with one topic (a title whose words are all in
    the head, one with tail words) vs without: tokens/s and the ratio;
@@ -9,7 +9,7 @@ All figures come from this process, for each model, with one thread:
    normaliser needs p(w) of each topic word at every token, so every tail cluster holding one runs for
    every token), and their ratio: no implementation of the exact boost can beat it.
 
-    python bench/topic.py --models lstm,student --lines 600
+    python bench/topic.py --models lstm,student
 """
 from __future__ import annotations
 
@@ -118,7 +118,8 @@ def report(label: str, tokens: int, t_plain: float, t_topic: float, parts: list[
 def main() -> None:
     parser = model_parser(__doc__)
     parser.add_argument("--models", default="lstm,student", help="comma-separated models to measure")
-    parser.add_argument("--lines", type=int, default=600, help="lines of WikiText-2 test for whole-stream evaluation")
+    parser.add_argument("--lines", type=int, default=0,
+                        help="lines of WikiText-2 test for whole-stream evaluation (0: all, as `rnnlm eval`)")
     parser.add_argument("--sentences", type=int, default=500, help="WikiText-2 test sentences scored in one call")
     parser.add_argument("--topics", default="United States Army|Valkyria Chronicles III|Du Fu",
                         help="'|'-separated topics for Engine.score")
@@ -126,7 +127,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = Path(args.data)
-    lines = read_lines(data / "test.txt")[: args.lines]
+    lines = read_lines(data / "test.txt")[: args.lines or None]
     sentences = test_sentences(data, args.sentences)
     topics = [t for t in args.topics.split("|") if t.strip()]
     print(f"{args.threads} thread(s), torch {torch.__version__}; CPU time of this process; "
