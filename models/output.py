@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 # Logits per chunk: 1 MiB of floats, about one L2 cache (tuned with bench/scoring.py).
 CHUNK_ELEMENTS = 2**18
-MIN_CHUNK_ROWS = 16
+MIN_CHUNK_ROWS = 32
 LOG2E, LN2 = 1 / math.log(2), math.log(2)
 
 
