@@ -243,23 +243,48 @@ def write_cache_block(folder: str | Path, params: CacheParams, fitted_on: dict) 
 
 # ---- next word: the text typed so far -------------------------------------------------------------
 class TypedMemory:
-    """The features of the last few typed texts (per context), so a keystroke reads only its new words.
+    """The features of recently typed texts (per context), so a keystroke reads only its new words.
 
-    A text extends (or shortens) the one typed before it: the longest remembered text it starts with
-    gives the features up to there and the recurrent state to read the rest from; a text that starts a
-    remembered one is answered from its first rows. Texts are compared as id tuples (in C, never token by
-    token in Python), and a text that extends the newest rows of its buffer is written after them in place
-    (rows already written never change), so a keystroke's cost does not grow with the text's length but
-    for those comparisons. Bounded by `entries`; thread-safe.
+    A text extends (or shortens) one typed before it: the longest remembered text it starts with gives
+    the features up to there and the recurrent state to read the rest from; a text that starts a
+    remembered one is answered from its first rows. The text itself, or the text a few tokens shorter
+    (the last keystroke's), is found by hashing id tuples; other texts are compared as tuples (in C, never
+    token by token in Python). A text that extends the newest rows of its buffer is written after them in
+    place (rows written never change), so typing on keeps one buffer per person and a keystroke's cost
+    does not grow with the text's length. Bounded by `entries` texts and `max_bytes` of buffers and
+    states, least recently used first out; thread-safe.
     """
 
-    def __init__(self, entries: int = 16) -> None:
-        self.entries = entries
+    PROBES = 8  # shorter texts looked up by hash before comparing with every remembered one
+
+    def __init__(self, entries: int = 256, max_bytes: int = 32 * 2**20) -> None:
+        self.entries, self.max_bytes = entries, max_bytes
         self._items: OrderedDict[tuple, tuple[_Rows, int, State]] = OrderedDict()  # (key, ids) -> rows, n, state
+        self._buffers: dict[int, list] = {}  # id(rows) -> [rows, entries using it]
+        self.bytes = 0
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def _longest(self, key: tuple | None, wanted: tuple[int, ...]):
+        """(rows, n, state) of the longest remembered text that starts `wanted` (n < len), or a longer one's
+        rows cut to `wanted` (n == len), or None. Call with the lock held."""
+        size = len(wanted)
+        for n in range(size - 1, max(-1, size - 1 - self.PROBES), -1):
+            if (found := self._items.get((key, wanted[:n]))) is not None:
+                self._items.move_to_end((key, wanted[:n]))
+                return found
+        best = None
+        for (k, known), entry in reversed(self._items.items()):  # the newest first
+            if k != key:
+                continue
+            n = len(known)
+            if n > size and known[:size] == wanted:
+                return entry[0], size, None
+            if (best is None or n > best[1]) and n < size and wanted[:n] == known:
+                best = entry
+        return best
 
     def features(self, model: RNNLM, key: tuple | None, ids: list[int], eos: int,
                  vector: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -272,33 +297,47 @@ class TypedMemory:
             if found is not None:
                 self._items.move_to_end((key, wanted))
                 return found[0].view(size)
-            best, best_len = None, -1
-            for (k, known), entry in reversed(self._items.items()):  # the newest first
-                if k != key:
-                    continue
-                n = len(known)
-                if n > size and known[:size] == wanted:  # a longer text: its first rows are the answer
-                    return entry[0].view(size)
-                if best_len < n < size and wanted[:n] == known:
-                    best, best_len = entry, n
+            best = self._longest(key, wanted)
+            if best is not None and best[1] == size:
+                return best[0].view(size)
         if best is None:
             new = torch.tensor([[eos, *wanted]], dtype=torch.long, device=model.encoder.weight.device)
             more, state = model.features(new, None, vector)
-            rows = None
         else:
-            rows, _, state = best
-            new = torch.tensor([wanted[best_len:]], dtype=torch.long, device=rows.feats.device)
+            rows, known, state = best
+            new = torch.tensor([wanted[known:]], dtype=torch.long, device=rows.feats.device)
             more, state = model.features(new, state, vector)
         with self._lock:
-            if rows is None:
-                rows = _Rows.start(more[0], new[0, 1:])
-            else:
-                rows = rows.extend(best_len, more[0], new[0])
-            self._items[(key, wanted)] = (rows, size, state)
-            self._items.move_to_end((key, wanted))
-            while len(self._items) > self.entries:
-                self._items.popitem(last=False)
+            rows = _Rows.start(more[0], new[0, 1:]) if best is None else best[0].extend(best[1], more[0], new[0])
+            self._add((key, wanted), (rows, size, state))
             return rows.view(size)
+
+    def _add(self, name: tuple, entry: tuple[_Rows, int, State]) -> None:
+        """Remember an entry, then forget the least recently used past the bounds. Call with the lock held."""
+        if name in self._items:
+            self._forget(name)
+        self._items[name] = entry
+        held = self._buffers.setdefault(id(entry[0]), [entry[0], 0])
+        if held[1] == 0:
+            self.bytes += entry[0].nbytes
+        held[1] += 1
+        self.bytes += _state_nbytes(entry[2])
+        while len(self._items) > 1 and (len(self._items) > self.entries or self.bytes > self.max_bytes):
+            self._forget(next(iter(self._items)))
+
+    def _forget(self, name: tuple) -> None:
+        rows, _, state = self._items.pop(name)
+        self.bytes -= _state_nbytes(state)
+        held = self._buffers[id(rows)]
+        held[1] -= 1
+        if held[1] == 0:
+            del self._buffers[id(rows)]
+            self.bytes -= rows.nbytes
+
+
+def _state_nbytes(state: State) -> int:
+    parts = state if isinstance(state, tuple) else (state,)
+    return sum(t.numel() * t.element_size() for t in parts)
 
 
 class _Rows:
@@ -318,6 +357,10 @@ class _Rows:
         rows.feats[: feats.shape[0]] = feats
         rows.ids[: ids.shape[0]] = ids
         return rows
+
+    @property
+    def nbytes(self) -> int:
+        return self.feats.numel() * self.feats.element_size() + self.ids.numel() * self.ids.element_size()
 
     def view(self, n: int) -> tuple[Tensor, Tensor]:
         """The features ([n + 1, D]) and ids ([n]) of the text of the first n ids."""

@@ -252,3 +252,28 @@ def count_reads(model) -> list[int]:
         return features(inputs, *args, **kwargs)
     model.features = spy
     return seen
+
+
+def test_typed_memory_keeps_many_people_typing_at_once_within_its_bytes(tiny_model: Path) -> None:
+    loaded = load_model(tiny_model)
+    model, eos = loaded.model, loaded.tokenizer.vocab.eos
+    first_words = loaded.tokenizer.vocab.itos[10:50]  # 40 people, each text its own from the first word
+    people = [loaded.tokenizer.encode(f"{word} the club played in the city and won the cup").ids
+              for word in first_words]
+    memory = TypedMemory()
+    read = count_reads(model)
+    with torch.inference_mode():
+        for n in range(1, len(people[0]) + 1):
+            for ids in people:  # each keystroke reads its one new token, however many type in between
+                memory.features(model, None, ids[:n], eos, None)
+    assert read == [2] * len(people) + [1] * (len(people) * (len(people[0]) - 1))
+    assert 0 < memory.bytes <= memory.max_bytes
+    small = TypedMemory(max_bytes=200_000)
+    with torch.inference_mode():
+        for ids in people:
+            feats, _ = small.features(model, None, ids, eos, None)
+            assert small.bytes <= 200_000 and len(small) >= 1
+    assert len(small) < len(people)  # the oldest were forgotten to stay within the bytes
+    with torch.inference_mode():  # and a forgotten text is read again, right
+        feats, _ = small.features(model, None, people[0], eos, None)
+        assert torch.allclose(feats, model.features(torch.tensor([[eos, *people[0]]]), None, None)[0][0], atol=1e-5)
