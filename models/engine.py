@@ -413,7 +413,7 @@ class Engine:
         feats, state = self.model.features(torch.tensor([new], dtype=torch.long, device=self.device), state,
                                            context.vector if context.used else None)
         feat = feats[:, -1].clone()  # not a view: the cache must not pin the whole [1, T, D] tensor
-        self.state_cache.store(key, ids, feat, state)
+        self.state_cache.store(key, ids, feat, state, after=cached)
         return feat, state
 
     @torch.inference_mode()

@@ -147,3 +147,29 @@ def test_short_inputs_cell_by_cell_equal_the_fused_module(arch: str) -> None:
             for a, b in zip(new_state if isinstance(new_state, tuple) else [new_state],
                             fused_state if isinstance(fused_state, tuple) else [fused_state]):
                 assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_recent_prefixes_and_the_walk_agree(monkeypatch) -> None:
+    """Found by hashing (the query or a few tokens shorter) or by walking the trie, the answer is the same."""
+    import models.state_cache as state_cache
+
+    monkeypatch.setattr(state_cache, "RECENT_IDS", 40)  # the index forgets all but the last few prefixes
+    feat, state = torch.zeros(1, 4), (torch.zeros(1, 1, 4), torch.zeros(1, 1, 4))
+    cache = StateCache(10_000_000)
+    text = list(range(100, 160))
+    for n in range(0, 60, 5):  # typed on, one 5-token word at a time
+        found = cache.lookup(None, text[:n])
+        assert (found.length if found else 0) == max(0, n - 5) or n == 0
+        cache.store(None, text[:n], feat + n, state, after=found)
+    assert len(cache) == 12
+    for n in range(60):  # every prefix finds its longest stored one: old ones by the walk, recent by hash
+        found = cache.lookup(None, text[:n] + [7])
+        assert found.length == n - n % 5 and float(found.feature[0, 0]) == n - n % 5
+    # a store that starts from a lookup whose entry was evicted meanwhile walks from the root instead
+    small = StateCache(3 * (NODE_BYTES * 12 + ENTRY_BYTES))
+    small.store(None, [1, 2], feat, state)
+    found = small.lookup(None, [1, 2, 3])
+    for i in range(20):
+        small.store(None, [50 + i, 60 + i], feat, state)
+    small.store(None, [1, 2, 3], feat + 3, state, after=found)
+    assert small.lookup(None, [1, 2, 3, 4]).length == 3 and small.bytes <= small.max_bytes
