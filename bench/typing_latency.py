@@ -128,7 +128,7 @@ def report(model: str, lat: dict[str, dict[int, list[float]]], words: int, where
 def main() -> None:
     parser = model_parser(__doc__)
     parser.add_argument("--models", default="lstm", help="comma-separated models to measure")
-    parser.add_argument("--typists", type=int, default=8, help="people typing in turn (each types 2 texts)")
+    parser.add_argument("--typists", type=int, default=16, help="people typing in turn (each types 2 texts)")
     parser.add_argument("--words", type=int, default=200, help="words per text")
     parser.add_argument("--cache-mb", type=float, default=64, help="state cache size")
     parser.add_argument("--profile", action="store_true", help="also print where a keystroke at --words goes")
