@@ -19,7 +19,8 @@ install: $(VENV)/.installed
 # corpora that training jobs (POST /v1/jobs) may read, unless set already
 serve: export RNNLM_DATA_ROOTS ?= $(abspath ../shared/data)
 serve: export RNNLM_DATASETS_DIR ?= $(abspath datasets)
-# one API process with half the cores as torch threads (RNNLM_THREADS overrides): README, Performance
+# one API process with a torch thread per core (RNNLM_THREADS overrides): the fastest layout on two cores
+# (README, Performance)
 serve: install
 	$(BIN)/rnnlm serve --host $(HOST) --port $(PORT) --checkpoints checkpoints --with-worker
 

@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "or the key in $RNNLM_API_KEY)")
     p.add_argument("--insecure", action="store_true", help="allow a non-loopback address without an API key")
     p.add_argument("--threads", type=positive(), default=None, help="torch threads of the server process "
-                                                                    "(default: $RNNLM_THREADS, else half the cores)")
+                                                                    "(default: $RNNLM_THREADS, else one per core)")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     p.add_argument("--jobs-db", default=None, help="the job store: a SQLite file (default: jobs.db) or a "
                                                    "postgresql:// URL")
@@ -167,12 +167,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _serve_on_ray(settings, args)
 
     from service.app import create_app
-    from service.server import serve, serve_threads
+    from service.server import serve
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    served = settings if settings.threads else settings.model_copy(update={"threads": serve_threads()})
-    logging.getLogger("service.cli").info("one process, %d torch thread(s)", served.threads)
-    app = create_app(served)  # the worker below keeps the threads it was given (torch's choice by default)
+    app = create_app(settings)
     supervisor, terminated, status = None, False, 0
     if args.with_worker:  # restarted with backoff if it dies; /ready and the metrics say whether it is up
         from service.supervisor import BACKOFF_S, WorkerSupervisor

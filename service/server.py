@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import socket
 
 import h11
@@ -28,15 +27,6 @@ log = logging.getLogger(__name__)
 
 STARTUP_FAILURE = 3  # uvicorn's exit status when the server could not start
 _REQUEST_READ = (h11.DONE, h11.MUST_CLOSE, h11.CLOSED, h11.ERROR)  # h11 client states past the request
-
-
-def serve_threads(cores: int | None = None) -> int:
-    """torch threads of `rnnlm serve` when neither --threads nor RNNLM_THREADS sets them: half the cores this
-    process may use, at least one. The rest parse HTTP, run the event loop and the clients or worker beside
-    it; on two cores one thread serves faster than two (README, Performance: bench/http_speed.py)."""
-    if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // 2)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

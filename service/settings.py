@@ -39,8 +39,8 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="`,`-separated origins browsers may call the API from (CORS); empty = "
                                           "CORS off (same-origin pages only)")
-    threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: half the cores for "
-                                "`rnnlm serve`, torch's choice for `rnnlm worker`)")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice, one per "
+                                "core, which serves fastest on two cores: README, Performance)")
 
     # request limits
     max_texts: int = Field(64, ge=1, description="texts per /v1/score or /v1/perplexity, candidates per /v1/rank")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import math
-import os
 from pathlib import Path
 
 import httpx
@@ -16,7 +15,6 @@ from models.checkpoint import load_model
 from models.engine import Engine
 from models.tokenizer import ENCODE_CACHE_MAX_CHARS, Tokenizer
 from service.app import create_app
-from service.server import serve_threads
 from service.settings import Settings
 
 pytestmark = pytest.mark.anyio
@@ -156,8 +154,3 @@ async def test_serving_freezes_the_loaded_objects_out_of_the_collector(settings:
         assert gc.get_freeze_count() > before
     assert gc.get_freeze_count() == 0
 
-
-def test_serve_uses_half_the_cores_as_torch_threads() -> None:
-    """`rnnlm serve` without --threads or RNNLM_THREADS: one thread on two cores, never none."""
-    assert [serve_threads(n) for n in (1, 2, 3, 4, 16)] == [1, 1, 1, 2, 8]
-    assert serve_threads() == max(1, len(os.sched_getaffinity(0)) // 2)
