@@ -43,7 +43,10 @@ class TypedText:
         return len(self._heads)
 
     def _encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text).ids
+        """`tokenizer.encode(text).ids`, past the tokenizer's memory of whole texts (a typed text's tails
+        would only crowd out the texts scored again and again)."""
+        stoi, unk = self.tokenizer.vocab.stoi, self.tokenizer.vocab.unk
+        return [stoi.get(token, unk) for token in self.tokenizer.tokenize(text)]
 
     def _boundaries(self, text: str) -> list[tuple[int, int]]:
         """(start of the chunk, end of its whitespace) of the usable boundaries near the end, nearest first."""
