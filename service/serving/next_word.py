@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from starlette.concurrency import run_in_threadpool
 
+from models.engine import Engine, NextWord, ResolvedContext
 from service.registry import ModelRegistry
 from service.schemas import NextWordRequest, NextWordResponse, Prediction
 from service.serving.common import check_limits, context_fields, use_model
@@ -19,8 +20,13 @@ class NextWordService:
     async def next_word(self, body: NextWordRequest) -> NextWordResponse:
         check_limits(body, self.settings)
         engine = use_model(self.registry, body.model)
-        context = engine.resolve_context(body.context)
-        result = await run_in_threadpool(engine.next_word, body.text, k=body.k, context=context, cache=body.cache)
+        context, result = await run_in_threadpool(_predict, engine, body)
         return NextWordResponse(model=engine.name, predictions=[Prediction(word=p.word, prob=p.prob)
                                                                 for p in result.predictions],
                                 completing=result.prefix, cache=body.cache, **context_fields(context))
+
+
+def _predict(engine: Engine, body: NextWordRequest) -> tuple[ResolvedContext, NextWord]:
+    """The context (tokenised and embedded: model work, kept off the event loop too) and the prediction."""
+    context = engine.resolve_context(body.context)
+    return context, engine.next_word(body.text, k=body.k, context=context, cache=body.cache)
