@@ -12,9 +12,10 @@ from models.normalize import STYLES, normalize
 UNK = "<unk>"
 EOS = "<eos>"
 # Texts remembered per tokenizer (least recently used out first), and the longest text remembered: a
-# service scores the same sentences again and again (n-best lists, evaluation sets, retries).
-ENCODE_CACHE_TEXTS = 8192
-ENCODE_CACHE_MAX_CHARS = 1000
+# service scores the same sentences again and again (n-best lists, evaluation sets, retries). At most
+# a few tens of MB per tokenizer (a vocabulary word is kept as the vocabulary's own string).
+ENCODE_CACHE_TEXTS = 4096
+ENCODE_CACHE_MAX_CHARS = 500
 
 
 class Vocab:
@@ -85,7 +86,9 @@ class Tokenizer:
         tokens = self.tokenize(text)
         stoi, unk = self.vocab.stoi, self.vocab.unk
         ids = [stoi.get(t, unk) for t in tokens]
-        return tuple(tokens), tuple(ids), tuple(i == unk and t != UNK for t, i in zip(tokens, ids))
+        itos = self.vocab.itos
+        oov = tuple(i == unk and t != UNK for t, i in zip(tokens, ids))
+        return tuple(t if o else itos[i] for t, i, o in zip(tokens, ids, oov)), tuple(ids), oov
 
     def encode(self, text: str) -> Encoded:
         """Normalised tokens, their ids and OOV flags; texts up to ENCODE_CACHE_MAX_CHARS are remembered."""
