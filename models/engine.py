@@ -162,10 +162,10 @@ class Engine:
     The only state kept between calls is what makes a keystroke cheap: the recurrent-state cache of
     next-word and generation prompts (`state_cache`, bounded by `state_cache_bytes`, 0 = off), the
     neural cache's features of typed texts (`TypedMemory`) and their token ids (`TypedText`), each
-    bounded and locked. They live here, so a reloaded model starts with empty ones. `quantize="int8"` swaps nn.Linear and
-    nn.LSTM/GRU for dynamically quantised int8 versions: faster on CPU, slightly different scores,
-    and a text's score then depends a little on the other texts in its batch (activation scales
-    are chosen per batch; bench/quantize.py measures both).
+    bounded and locked. They live here, so a reloaded model starts with empty ones.
+    `quantize="int8"` swaps nn.Linear and nn.LSTM/GRU for dynamically quantised int8 versions:
+    faster on CPU, slightly different scores, and a text's score then depends a little on the other
+    texts in its batch (activation scales are chosen per batch; bench/quantize.py measures both).
 
     `device` (`auto`, `cpu`, `cuda`, `cuda:N`; default: where the model is) is where the model, its
     batches, the state cache and sampling live; only results come back to the host, once per call
