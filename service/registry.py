@@ -8,6 +8,7 @@ rollback elsewhere (the worker, another API process, `rnnlm models`) is picked u
 """
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -142,6 +143,7 @@ class ModelRegistry:
             if self.device is None:  # the configured device is missing: nothing can load
                 return
             found, swapping = self._candidates()
+            loaded = False
             for name, path in sorted(found.items()):
                 stamp = model_stamp(path)
                 if stamp == self._stamps.get(name) or stamp == self._failed.get(name):
@@ -165,6 +167,7 @@ class ModelRegistry:
                 metrics.model_device(name, str(engine.device), str(engine.dtype).removeprefix("torch."))
                 self._stamps[name] = stamp
                 self._failed.pop(name, None)
+                loaded = True
                 log.info("%s model %r from %s (%s, %s parameters)", "reloaded" if replaced else "loaded",
                          name, path, engine.model.config.arch, f"{engine.parameters:,}")
             for name in set(self._stamps) - set(found) - swapping:  # mid-swap: gone for a moment only
@@ -177,6 +180,8 @@ class ModelRegistry:
                 self._failed.pop(name, None)
             with self._lock:
                 metrics.MODELS_LOADED.set(len(self._engines))
+            if loaded and gc.get_freeze_count():  # the app froze its start-up objects (service.app): a model
+                gc.freeze()                        # loaded later joins them, out of the collector's full passes
 
     def _engine(self, path: Path, name: str) -> Engine:
         """A fresh engine (hence an empty state cache) with this model's performance settings."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import math
+import shutil
 from pathlib import Path
 
 import httpx
@@ -154,3 +155,15 @@ async def test_serving_freezes_the_loaded_objects_out_of_the_collector(settings:
         assert gc.get_freeze_count() > before
     assert gc.get_freeze_count() == 0
 
+
+
+async def test_a_model_loaded_while_serving_is_frozen_too(settings: Settings, checkpoints: Path) -> None:
+    """A hot-reloaded model joins the start-up objects outside the collector's full passes."""
+    app = create_app(settings.model_copy(update={"reload_interval_s": 0}))
+    async with app.router.lifespan_context(app):
+        frozen = gc.get_freeze_count()
+        shutil.copytree(checkpoints / "gru", checkpoints / "gru2")
+        app.state.registry.reload()
+        assert "gru2" in app.state.registry.names()
+        assert gc.get_freeze_count() > frozen
+    assert gc.get_freeze_count() == 0
