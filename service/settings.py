@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     request_read_timeout_s: float = Field(10.0, gt=0, description="a connection that has not sent a whole request "
                                                                   "(headers and body) this long after it opened or "
                                                                   "began the request is closed")
+    http: Literal["httptools", "h11"] = Field("httptools", description="the HTTP/1.1 parser (service/server.py): "
+                                              "httptools (llhttp, in C) or uvicorn's pure-Python h11")
+    loop: Literal["auto", "asyncio", "uvloop"] = Field("auto", description="the event loop: auto (uvloop when "
+                                                       "installed), asyncio or uvloop")
 
     # devices (models.device)
     device: str = Field("auto", description="where models are served and jobs train: auto (CUDA when available), "
