@@ -63,29 +63,37 @@ class CacheParams:
 
 
 # ---- the cache term ------------------------------------------------------------------------------
-def _chunk_scores(feats: Tensor, start: int, end: int, window: int) -> tuple[Tensor, Tensor, int]:
-    """Dot products of positions [start, end) with keys [lo, end) ([C, end - lo]) and each pair's
-    distance t - i; a pair is in the cache when 1 <= distance <= window."""
-    lo = max(0, start - window)
-    scores = feats[start:end] @ feats[lo:end].T
-    dist = torch.arange(start, end, device=feats.device)[:, None] - torch.arange(lo, end, device=feats.device)[None, :]
-    return scores, dist, lo
+def _band(rows: int, offset: int, cols: int, window: int, device: torch.device) -> Tensor:
+    """Which keys are in the cache of each query of a chunk ([rows, cols] bool): query r sits at key
+    column offset + r, and keys 1..window positions before it are in its cache."""
+    dist = torch.arange(offset, offset + rows, device=device)[:, None] - torch.arange(cols, device=device)[None, :]
+    return (dist >= 1) & (dist <= window)
 
 
 def cache_log_probs(feats: Tensor, targets: Tensor, params: CacheParams, chunk: int = CHUNK) -> Tensor:
     """log p_cache(target_t | t) for each position of one document ([N] float32); -inf where the
-    target is not in the cache, nan where the cache is empty (the first position)."""
-    n = feats.shape[0]
+    target is not in the cache, nan where the cache is empty (the first position).
+
+    Per chunk of positions: one [chunk, chunk + window] matmul, then in place the band mask, the
+    row max, one exp and two sums (the cache's normaliser, and its mass on the target)."""
+    n, window = feats.shape[0], params.window
     out = feats.new_full((n,), math.nan)
+    full = None  # the band of a whole chunk past the first `window` positions: the same for each
     for s in range(0, n, chunk):
         e = min(n, s + chunk)
-        scores, dist, lo = _chunk_scores(feats, s, e, params.window)
-        inside = (dist >= 1) & (dist <= params.window)
-        logits = (params.theta * scores).masked_fill(~inside, -math.inf)
-        den = torch.logsumexp(logits, -1)
-        match = targets[s:e, None] == targets[None, lo:e]
-        num = torch.logsumexp(logits.masked_fill(~match, -math.inf), -1)
-        out[s:e] = torch.where(torch.isfinite(den), num - den, out[s:e])
+        lo = max(0, s - window)
+        logits = (feats[s:e] @ feats[lo:e].T).mul_(params.theta)                   # [C, e - lo]
+        if s - lo == window and e - s == chunk:
+            full = _band(chunk, window, chunk + window, window, feats.device) if full is None else full
+            inside = full
+        else:
+            inside = _band(e - s, s - lo, e - lo, window, feats.device)
+        logits.masked_fill_(~inside, -math.inf)
+        top = logits.amax(-1, keepdim=True)
+        p = logits.sub_(top.nan_to_num(neginf=0.0)).exp_()                         # 0 outside the cache
+        den = p.sum(-1)
+        num = p.masked_fill_(targets[s:e, None] != targets[None, lo:e], 0.0).sum(-1)
+        out[s:e] = torch.where(den > 0, num.log() - den.log(), out[s:e])
     return out
 
 

@@ -101,7 +101,8 @@ def test_cancelling_a_multi_process_job_ends_every_rank(store, worker, job_setti
 @two_cores
 def test_a_stopped_worker_hands_the_job_back_and_the_next_resumes_it_from_its_last_epoch(store, worker, job_settings,
                                                                                        tiny_job, wait_for):
-    job = store.submit("train", "resumed", tiny_job(epochs=3, train_tokens=12000, nproc=2))
+    # small steps (about a thousand an epoch), so an epoch lasts long enough to stop the worker inside the next
+    job = store.submit("train", "resumed", tiny_job(epochs=3, train_tokens=12000, nproc=2, batch_size=2, bptt=5))
     thread = threading.Thread(target=worker.run, kwargs={"once": True}, daemon=True)
     thread.start()
     wait_for(lambda: (store.get(job.id).progress or {}).get("epoch") == 1, timeout=180, what="epoch 1 of 3")
