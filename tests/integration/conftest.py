@@ -1,11 +1,12 @@
-"""What the real-process tests share: the `rnnlm` command line, a `rnnlm serve` on a free loopback port, and
-the live children of a process.
+"""What the real-process tests share: the `rnnlm` command line, a `rnnlm serve` on a free loopback port,
+the live children of a process, and raw bytes sent to a server.
 
 `proc_tools` (free_port, clean_env, wait_for, wait_ready, stop) and `tiny_model` come from tests/conftest.py.
 """
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -22,6 +23,21 @@ REPO = Path(__file__).resolve().parents[2]
 def rnnlm(*args: str) -> list[str]:
     """The command line of `rnnlm ARGS` with this interpreter."""
     return [sys.executable, "-m", "service.cli", *args]
+
+
+def read_until_closed(port: int, payload: bytes, give_up_s: float = 30.0) -> bytes:
+    """Send raw `payload` to 127.0.0.1:`port` on a fresh connection and read until the server closes it;
+    fail the test if it never does."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(give_up_s)
+        sock.sendall(payload)
+        data = b""
+        try:
+            while chunk := sock.recv(4096):
+                data += chunk
+        except TimeoutError:
+            pytest.fail(f"the server kept the connection open for {give_up_s:.0f} s; got {data!r}")
+        return data
 
 
 def live_children(pid: int) -> list[int]:
@@ -78,5 +94,6 @@ def serve(proc_tools) -> Callable[..., AbstractContextManager[Server]]:
 
 @pytest.fixture(scope="session")
 def processes() -> SimpleNamespace:
-    """`processes.rnnlm(*args)` (a command line) and `processes.live_children(pid)`."""
-    return SimpleNamespace(rnnlm=rnnlm, live_children=live_children)
+    """`processes.rnnlm(*args)` (a command line), `processes.live_children(pid)` and
+    `processes.read_until_closed(port, payload)` (raw bytes to a server, its whole answer back)."""
+    return SimpleNamespace(rnnlm=rnnlm, live_children=live_children, read_until_closed=read_until_closed)

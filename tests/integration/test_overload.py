@@ -55,20 +55,6 @@ def _port(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
 
 
-def _read_until_closed(port: int, payload: bytes, give_up_s: float = 30.0) -> bytes:
-    """Send `payload` on a fresh connection and read until the server closes it; fail if it never does."""
-    with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.settimeout(give_up_s)
-        sock.sendall(payload)
-        data = b""
-        try:
-            while chunk := sock.recv(4096):
-                data += chunk
-        except TimeoutError:
-            pytest.fail(f"the server kept a half-sent request open for {give_up_s:.0f} s; got {data!r}")
-        return data
-
-
 def _assert_overloaded(r: httpx.Response) -> None:
     assert r.status_code == 503, r.text
     assert int(r.headers["retry-after"]) >= 1
@@ -87,8 +73,8 @@ def _metric(url: str, name: str, **labels: str) -> float:
     b"POST /v1/score HTTP/1.1\r\nHost: x\r\n",  # half the headers
     b'POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"texts":',
 ], ids=["nothing", "half-headers", "half-body"])
-def test_a_stalled_request_is_closed_after_the_read_timeout(server: str, payload: bytes) -> None:
-    data = _read_until_closed(_port(server), payload)
+def test_a_stalled_request_is_closed_after_the_read_timeout(server: str, payload: bytes, processes) -> None:
+    data = processes.read_until_closed(_port(server), payload)
     if b"\r\n\r\n" not in payload:  # no request was parsed: the server says why before it closes
         head, _, body = data.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 408 ")

@@ -62,20 +62,6 @@ def port(request, tmp_path_factory, proc_tools) -> Iterator[int]:
         proc_tools.stop(proc)
 
 
-def _exchange(port: int, payload: bytes, give_up_s: float = 30.0) -> bytes:
-    """Send `payload` on a fresh connection and read until the server closes it."""
-    with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.settimeout(give_up_s)
-        sock.sendall(payload)
-        data = b""
-        try:
-            while chunk := sock.recv(4096):
-                data += chunk
-        except TimeoutError:
-            pytest.fail(f"the server kept the connection open for {give_up_s:.0f} s; got {data!r}")
-        return data
-
-
 def _read_response(sock: socket.socket) -> bytes:
     """One whole response (with Content-Length) from a keep-alive connection."""
     data = b""
@@ -115,10 +101,11 @@ def test_the_server_runs_on_the_loop_it_was_given(port: int, request) -> None:
     assert loop.startswith("uvloop" if request.node.callspec.params["port"] == "httptools" else "asyncio")
 
 
-def test_each_pipelined_request_is_stamped_and_answered_in_order(port: int) -> None:
+def test_each_pipelined_request_is_stamped_and_answered_in_order(port: int, processes) -> None:
     get = b"GET /stamp HTTP/1.1\r\nHost: x\r\n\r\n"
     post = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
-    data = _exchange(port, get + post + get + b"GET /stamp HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    last = b"GET /stamp HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    data = processes.read_until_closed(port, get + post + get + last)
     answers = _responses(data)
     assert [status for status, _ in answers] == [b"HTTP/1.1 200 OK"] * 4
     assert answers[1][1] == {"length": 5}
@@ -133,14 +120,15 @@ def test_each_pipelined_request_is_stamped_and_answered_in_order(port: int) -> N
     b"",
     b"GET /stamp HTTP/1.1\r\nHost: x\r\n",
 ], ids=["nothing", "half-headers"])
-def test_no_request_in_time_gets_408_and_close(port: int, payload: bytes) -> None:
-    (status, body), = _responses(_exchange(port, payload))
+def test_no_request_in_time_gets_408_and_close(port: int, payload: bytes, processes) -> None:
+    (status, body), = _responses(processes.read_until_closed(port, payload))
     assert status.startswith(b"HTTP/1.1 408 ")
     assert body["error"]["type"] == "request_timeout" and body["error"]["param"] is None
 
 
-def test_a_body_cut_short_is_closed_without_an_answer(port: int) -> None:
-    assert _exchange(port, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nhalf") == b""
+def test_a_body_cut_short_is_closed_without_an_answer(port: int, processes) -> None:
+    half = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nhalf"
+    assert processes.read_until_closed(port, half) == b""
 
 
 def test_the_timer_runs_per_request_not_while_a_keep_alive_connection_idles(port: int) -> None:
@@ -166,8 +154,8 @@ def test_the_timer_runs_per_request_not_while_a_keep_alive_connection_idles(port
     b"GET /stamp HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n",
     b"GET /stamp HTTP/9.9 extra\r\n\r\n",
 ], ids=["content-length", "two-content-lengths", "header", "request-line"])
-def test_a_request_the_parser_cannot_read_gets_the_api_error_body(port: int, payload: bytes) -> None:
-    data = _exchange(port, payload)
+def test_a_request_the_parser_cannot_read_gets_the_api_error_body(port: int, payload: bytes, processes) -> None:
+    data = processes.read_until_closed(port, payload)
     head = data.partition(b"\r\n\r\n")[0].lower()
     assert head.startswith(b"http/1.1 400 ") and b"content-type: application/json" in head
     assert b"connection: close" in head
