@@ -7,8 +7,10 @@ import pwd
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -115,6 +117,35 @@ def _clean_env(**extra: str) -> dict[str, str]:
     return {**env, "PYTHONUNBUFFERED": "1", **extra}
 
 
+@dataclass
+class Server:
+    """A running `rnnlm serve`: its base URL, process, log file and checkpoint folder."""
+    url: str
+    proc: subprocess.Popen
+    log: Path
+    checkpoints: Path
+
+
+def _start_serve(checkpoints: Path, jobs_db: Path, log: Path, *args: str, env: dict[str, str],
+                 wait: str = "/ready", timeout_s: float = 180.0) -> Server:
+    """`rnnlm serve ARGS` (one torch thread) on a free port of 127.0.0.1 with this checkpoint folder and job
+    store, its output in `log` and `env` as its whole environment; returns once GET `wait` answers 200 (a
+    server that does not get there is stopped and the test fails). The caller stops it."""
+    from service.server import free_port
+    port = free_port()
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--checkpoints",
+                                 str(checkpoints), "--jobs-db", str(jobs_db), "--threads", "1", *args],
+                                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    server = Server(f"http://127.0.0.1:{port}", proc, log, checkpoints)
+    try:
+        _wait_ready(server.url + wait, proc, log, "rnnlm serve", timeout_s=timeout_s)
+    except BaseException:
+        _stop(proc)
+        raise
+    return server
+
+
 @pytest.fixture(scope="session")
 def wait_for():
     """`wait_for(predicate, timeout, what, proc=None, log=None)` -> the first truthy value of predicate()."""
@@ -131,9 +162,10 @@ def free_port():
 @pytest.fixture(scope="session")
 def proc_tools(free_port) -> SimpleNamespace:
     """Helpers for tests that start real processes: free_port(), clean_env(**extra), wait_for(predicate,
-    timeout, what, proc, log), wait_ready(url, proc, log, what, timeout_s) and stop(proc)."""
+    timeout, what, proc, log), wait_ready(url, proc, log, what, timeout_s), stop(proc) and
+    start_serve(checkpoints, jobs_db, log, *args, env, wait, timeout_s) -> Server."""
     return SimpleNamespace(free_port=free_port, clean_env=_clean_env, wait_for=_wait_for, wait_ready=_wait_ready,
-                           stop=_stop)
+                           stop=_stop, start_serve=_start_serve)
 
 
 # ---- a real PostgreSQL for the job store ------------------------------------------------------------

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,48 +61,30 @@ def artifacts(tmp_path_factory) -> Path:
     return path
 
 
-@dataclass
-class Server:
-    url: str
-    proc: subprocess.Popen
-    log: Path
-    checkpoints: Path
-
-
 def start_server(tmp: Path, proc_tools, *, worker: bool, data_root: Path | None = None,
-                 models: tuple[str, ...] = SHIPPED, **settings: str) -> Server:
+                 models: tuple[str, ...] = SHIPPED, **settings: str):
     """`rnnlm serve` on a free port of 127.0.0.1, serving the shipped models (linked into a folder of its
     own, so that models trained by jobs never land in the repository)."""
     checkpoints = tmp / "checkpoints"
     checkpoints.mkdir()
     for name in models:
         (checkpoints / name).symlink_to(REPO / "checkpoints" / name, target_is_directory=True)
-    port, log = proc_tools.free_port(), tmp / "serve.log"
     settings = {"reload_interval_s": "0.5", "worker_poll_interval_s": "0.2", **settings}
     if data_root is not None:
         settings["data_roots"] = str(data_root)
     settings = {f"RNNLM_{k.upper()}": v for k, v in settings.items()}
-    args = [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--checkpoints", str(checkpoints),
-            "--jobs-db", str(tmp / "jobs.db"), "--threads", "1"] + (["--with-worker"] if worker else [])
-    with open(log, "w") as out:
-        proc = subprocess.Popen(args, cwd=REPO, env=proc_tools.clean_env(OMP_NUM_THREADS="1", **settings),
-                                stdout=out, stderr=subprocess.STDOUT)
-    server = Server(f"http://127.0.0.1:{port}", proc, log, checkpoints)
-    try:
-        proc_tools.wait_ready(f"{server.url}/ready", proc, log, "rnnlm serve", timeout_s=120)
-    except BaseException:
-        proc_tools.stop(proc)
-        raise
-    return server
+    return proc_tools.start_serve(checkpoints, tmp / "jobs.db", tmp / "serve.log",
+                                  *(["--with-worker"] if worker else []),
+                                  env=proc_tools.clean_env(OMP_NUM_THREADS="1", **settings), timeout_s=120)
 
 
 @pytest.fixture
-def launch(tmp_path, proc_tools) -> Iterator[Callable[..., Server]]:
+def launch(tmp_path, proc_tools) -> Iterator[Callable]:
     """`launch(worker=False, models=("lstm", ...), **settings)` -> a Server of this test's own, which the
     test may stop; stopped at the end of the test otherwise."""
     started = []
 
-    def launch_(**kwargs) -> Server:
+    def launch_(**kwargs):
         folder = tmp_path / f"server-{len(started)}"
         folder.mkdir()
         started.append(start_server(folder, proc_tools, **{"worker": False, **kwargs}))
@@ -116,7 +96,7 @@ def launch(tmp_path, proc_tools) -> Iterator[Callable[..., Server]]:
 
 
 @pytest.fixture(scope="module")
-def server(browser, tmp_path_factory, data_root, proc_tools) -> Iterator[Server]:
+def server(browser, tmp_path_factory, data_root, proc_tools) -> Iterator:
     """One server (with a training worker) for the browser tests that leave it running."""
     # a long generation (max_tokens up to 5000) leaves the test time to press Stop on any machine
     srv = start_server(tmp_path_factory.mktemp("page-server"), proc_tools, worker=True, data_root=data_root,

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,20 +23,15 @@ def served(tmp_path_factory: pytest.TempPathFactory, data_root: Path, proc_tools
     checkpoints.mkdir()
     for name in SHIPPED:
         shutil.copytree(REPO / "checkpoints" / name, checkpoints / name)
-    port, log = proc_tools.free_port(), tmp / "serve.log"
     env = proc_tools.clean_env(OMP_NUM_THREADS="1", RNNLM_DATA_ROOTS=str(data_root), RNNLM_API_KEY=API_KEY,
                                RNNLM_RELOAD_INTERVAL_S="0.5", RNNLM_WORKER_POLL_INTERVAL_S="0.2")
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--checkpoints",
-                                 str(checkpoints), "--jobs-db", str(tmp / "jobs.db"), "--with-worker",
-                                 "--threads", "1", "--log-level", "warning"],
-                                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    server = proc_tools.start_serve(checkpoints, tmp / "jobs.db", tmp / "serve.log", "--with-worker",
+                                    "--log-level", "warning", env=env)
     try:
-        proc_tools.wait_ready(f"{url}/ready", proc, log, "rnnlm serve", timeout_s=180)
-        yield SimpleNamespace(url=url, api_key=API_KEY, checkpoints=checkpoints, data_root=data_root, log=log)
+        yield SimpleNamespace(url=server.url, api_key=API_KEY, checkpoints=checkpoints, data_root=data_root,
+                              log=server.log)
     finally:
-        proc_tools.stop(proc, timeout_s=60)
+        proc_tools.stop(server.proc, timeout_s=60)
 
 
 @pytest.fixture(scope="session")

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import shutil
 import socket
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -53,17 +51,8 @@ def live_children(pid: int) -> list[int]:
     return found
 
 
-@dataclass
-class Server:
-    """A running `rnnlm serve`: its base URL, process, log file and checkpoint folder."""
-    url: str
-    proc: subprocess.Popen
-    log: Path
-    checkpoints: Path
-
-
 @pytest.fixture(scope="session")
-def serve(proc_tools) -> Callable[..., AbstractContextManager[Server]]:
+def serve(proc_tools) -> Callable[..., AbstractContextManager]:
     """`with serve(folder, *args, model=None, env=None, wait="/ready", stop_timeout_s=30) as server:` runs
     `rnnlm serve` on a free loopback port with `folder/checkpoints` (holding a copy of `model` as `lstm`,
     when given) and `folder/jobs.db`, its output in `folder/serve.log`; `env` are the only RNNLM_* settings
@@ -71,23 +60,17 @@ def serve(proc_tools) -> Callable[..., AbstractContextManager[Server]]:
 
     @contextmanager
     def start(folder: Path, *args: str, model: Path | None = None, env: dict[str, str] | None = None,
-              wait: str = "/ready", stop_timeout_s: float = 30) -> Iterator[Server]:
+              wait: str = "/ready", stop_timeout_s: float = 30) -> Iterator:
         checkpoints = folder / "checkpoints"
         checkpoints.mkdir(exist_ok=True)
         if model is not None:
             shutil.copytree(model, checkpoints / "lstm")
-        port, log = proc_tools.free_port(), folder / "serve.log"
-        with open(log, "w") as out:
-            proc = subprocess.Popen(rnnlm("serve", "--port", str(port), "--checkpoints", str(checkpoints),
-                                          "--jobs-db", str(folder / "jobs.db"), "--threads", "1", *args),
-                                    cwd=REPO, env=proc_tools.clean_env(**(env or {})), stdout=out,
-                                    stderr=subprocess.STDOUT)
-        server = Server(f"http://127.0.0.1:{port}", proc, log, checkpoints)
+        server = proc_tools.start_serve(checkpoints, folder / "jobs.db", folder / "serve.log", *args,
+                                        env=proc_tools.clean_env(**(env or {})), wait=wait, timeout_s=90)
         try:
-            proc_tools.wait_ready(server.url + wait, proc, log, "rnnlm serve", timeout_s=90)
             yield server
         finally:
-            proc_tools.stop(proc, timeout_s=stop_timeout_s)
+            proc_tools.stop(server.proc, timeout_s=stop_timeout_s)
 
     return start
 
