@@ -47,7 +47,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class _ReadTimer:
-    """The bound on reading each request, shared by both protocols.
+    """The bound on reading each request, shared by both protocols (mixed in before uvicorn's protocol class,
+    so its connection_made / connection_lost wrap the protocol's own).
 
     uvicorn times out idle keep-alive connections but not a request that is half sent: a client can
     hold a connection forever by never finishing its headers or body. Here a timer runs from the
@@ -61,6 +62,14 @@ class _ReadTimer:
     transport: asyncio.Transport
     client: tuple[str, int] | None
     _read_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)  # type: ignore[misc]
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)  # type: ignore[misc]
 
     def _arm(self) -> None:
         if self._read_timer is None:
@@ -95,14 +104,7 @@ class ReadTimeoutProtocol(_ReadTimer, HttpToolsProtocol):
     the request's headers were parsed, for admission control's queue-time check) and the API's error
     body for a request the parser cannot read."""
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        self._headers_parsed = False
-        super().connection_made(transport)
-        self._arm()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
+    _headers_parsed = False
 
     def on_message_begin(self) -> None:
         """The parser saw a new request's first byte."""
@@ -131,14 +133,6 @@ class ReadTimeoutProtocol(_ReadTimer, HttpToolsProtocol):
 
 class H11ReadTimeoutProtocol(_ReadTimer, H11Protocol):
     """The same on uvicorn's pure-Python h11 protocol (RNNLM_HTTP=h11)."""
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._arm()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
 
     def handle_events(self) -> None:
         """Parse what has arrived (from data_received, or buffered behind a finished response)."""
